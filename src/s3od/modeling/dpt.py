@@ -1,0 +1,143 @@
+"""DPT-style decoder shared by every encoder: reassemble, fuse, then the mask and IoU heads.
+
+Parameter names mirror the published S3OD checkpoint (``seg_head.projects.0`` ...), so the
+published weights load with ``strict=True``. Every width is a constructor argument.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from s3od.modeling.heads import IoUHead, MultiMaskHead
+
+
+class ResidualConvUnit(nn.Module):
+    """Pre-activation residual unit: ``x + BN(conv(ReLU(BN(conv(ReLU(x))))))``."""
+
+    def __init__(self, features: int, use_bn: bool = True) -> None:
+        super().__init__()
+        self.use_bn = use_bn
+        self.conv1 = nn.Conv2d(features, features, 3, padding=1, bias=True)
+        self.conv2 = nn.Conv2d(features, features, 3, padding=1, bias=True)
+        if use_bn:
+            self.bn1 = nn.BatchNorm2d(features)
+            self.bn2 = nn.BatchNorm2d(features)
+        self.activation = nn.ReLU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.conv1(self.activation(x))
+        if self.use_bn:
+            out = self.bn1(out)
+        out = self.conv2(self.activation(out))
+        if self.use_bn:
+            out = self.bn2(out)
+        return out + x
+
+
+class FeatureFusionBlock(nn.Module):
+    """Adds a skip feature to the coarser path, refines, resizes, then mixes with a 1x1 conv."""
+
+    def __init__(self, features: int, use_bn: bool = True) -> None:
+        super().__init__()
+        self.resConfUnit1 = ResidualConvUnit(features, use_bn)
+        self.resConfUnit2 = ResidualConvUnit(features, use_bn)
+        self.out_conv = nn.Conv2d(features, features, 1, bias=True)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        skip: torch.Tensor | None = None,
+        size: Sequence[int] | None = None,
+    ) -> torch.Tensor:
+        if skip is not None:
+            x = x + self.resConfUnit1(skip)
+        x = self.resConfUnit2(x)
+        if size is None:
+            x = F.interpolate(x, scale_factor=2.0, mode="bilinear", align_corners=False)
+        else:
+            x = F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False)
+        return self.out_conv(x)
+
+
+class Scratch(nn.Module):
+    """Channel unification (``layerN_rn``) and the four fusion blocks (``refinenetN``)."""
+
+    def __init__(self, in_channels: Sequence[int], features: int, use_bn: bool = True) -> None:
+        super().__init__()
+        for i, ch in enumerate(in_channels, start=1):
+            setattr(self, f"layer{i}_rn", nn.Conv2d(ch, features, 3, padding=1, bias=False))
+        for i in range(1, len(in_channels) + 1):
+            setattr(self, f"refinenet{i}", FeatureFusionBlock(features, use_bn))
+
+    def forward(self, feats: Sequence[torch.Tensor]) -> torch.Tensor:
+        rn1, rn2, rn3, rn4 = (getattr(self, f"layer{i}_rn")(f) for i, f in enumerate(feats, 1))
+        path4 = self.refinenet4(rn4, size=rn3.shape[2:])
+        path3 = self.refinenet3(path4, rn3, size=rn2.shape[2:])
+        path2 = self.refinenet2(path3, rn2, size=rn1.shape[2:])
+        return self.refinenet1(path2, rn1)
+
+
+def _reassemble_resize(channels: int, factor: float) -> nn.Module:
+    """Per-level resampling of the patch grid: x4 / x2 up, identity, /2 down."""
+    if factor >= 2:
+        k = int(factor)
+        return nn.ConvTranspose2d(channels, channels, kernel_size=k, stride=k, padding=0)
+    if factor == 1:
+        return nn.Identity()
+    return nn.Conv2d(channels, channels, kernel_size=3, stride=2, padding=1)
+
+
+class DPTHead(nn.Module):
+    """Decoder + heads.
+
+    ``reassemble=True`` is the ViT path: four same-resolution token maps are projected to
+    ``out_channels`` and resampled to strides 4/8/16/32. ``reassemble=False`` is the CNN path:
+    the encoder already gives strides 4/8/16/32 with ``out_channels`` channels.
+    """
+
+    def __init__(
+        self,
+        in_channels: int | Sequence[int],
+        features: int = 256,
+        out_channels: Sequence[int] = (256, 512, 1024, 1024),
+        num_masks: int = 3,
+        use_bn: bool = True,
+        reassemble: bool = True,
+        mask_upsample_features: int = 64,
+        mask_inter_features: int = 32,
+        iou_hidden: int = 64,
+        resize_factors: Sequence[float] = (4, 2, 1, 0.5),
+    ) -> None:
+        super().__init__()
+        self.reassemble = reassemble
+        if reassemble:
+            assert isinstance(in_channels, int)
+            self.projects = nn.ModuleList(nn.Conv2d(in_channels, c, 1) for c in out_channels)
+            self.resize_layers = nn.ModuleList(
+                _reassemble_resize(c, f) for c, f in zip(out_channels, resize_factors, strict=True)
+            )
+        self.scratch = Scratch(out_channels, features, use_bn)
+        self.mask_head = MultiMaskHead(
+            features, num_masks, inter_features=mask_inter_features,
+            upsample_features=mask_upsample_features,
+        )
+        self.classifier_head = IoUHead(features, num_masks, hidden=iou_hidden)
+
+    def forward(
+        self, feats: Sequence[torch.Tensor], output_size: Sequence[int]
+    ) -> dict[str, torch.Tensor]:
+        if self.reassemble:
+            feats = [
+                resize(project(f))
+                for f, project, resize in zip(feats, self.projects, self.resize_layers, strict=True)
+            ]
+        path1 = self.scratch(feats)
+        return {
+            "pred_masks": self.mask_head(path1, output_size),
+            "pred_iou": self.classifier_head(path1),
+            "features": path1,
+        }

@@ -1,0 +1,6 @@
+"""Backbones: DINOv3 ViT (transformers) and EfficientNet-Lite0."""
+
+from s3od.modeling.encoders.dinov3 import build_dinov3, dinov3_features, load_dinov3_config
+from s3od.modeling.encoders.efficientnet_lite import EfficientNetLite0Features
+
+__all__ = ["EfficientNetLite0Features", "build_dinov3", "dinov3_features", "load_dinov3_config"]
