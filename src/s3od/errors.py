@@ -1,0 +1,17 @@
+"""Typed errors: callers (CLI, server) map them to exit codes and HTTP statuses."""
+
+
+class S3ODError(Exception):
+    """Base class for every error s3od raises on purpose."""
+
+
+class InvalidImageError(S3ODError, ValueError):
+    """The input could not be decoded or is not an image s3od can process."""
+
+
+class ModelNotFoundError(S3ODError, FileNotFoundError):
+    """A model name, path or hub id could not be resolved to weights."""
+
+
+class CheckpointError(S3ODError, ValueError):
+    """A checkpoint was found but its contents do not fit the architecture."""

@@ -1,0 +1,74 @@
+"""Model registry: a name -> architecture, constructor config, and where the weights live."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+_DINOV3_BASE_3 = {"encoder_config": "dinov3_vitb16", "num_masks": 3}
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Everything needed to build a model and find its weights."""
+
+    name: str
+    architecture: str
+    config: dict[str, Any] = field(default_factory=dict)
+    description: str = ""
+    hub_repo: str | None = None
+    hub_filenames: tuple[str, ...] = ("s3od.safetensors", "s3od.pt")
+    bundled_file: str | None = None
+    image_size: int = 1024
+    license: str = ""
+
+    def bundled_path(self) -> Path | None:
+        """Path of the weights shipped inside the package, if this model has any."""
+        if self.bundled_file is None:
+            return None
+        return Path(str(resources.files("s3od.weights").joinpath(self.bundled_file)))
+
+    @property
+    def source(self) -> str:
+        """Human-readable weight source."""
+        if self.bundled_file:
+            return f"bundled: s3od/weights/{self.bundled_file}"
+        return f"hub: {self.hub_repo} ({' or '.join(self.hub_filenames)})"
+
+
+MODELS: dict[str, ModelSpec] = {
+    spec.name: spec
+    for spec in (
+        ModelSpec("s3od", "dpt_dinov3", _DINOV3_BASE_3,
+                  "DINOv3-B + DPT, synthetic + real data (published default)", "okupyn/s3od",
+                  license="MIT"),
+        ModelSpec("s3od-synth", "dpt_dinov3", _DINOV3_BASE_3,
+                  "DINOv3-B + DPT, synthetic data only", "okupyn/s3od-synth", license="MIT"),
+        ModelSpec("s3od-dis", "dpt_dinov3", _DINOV3_BASE_3,
+                  "DINOv3-B + DPT, fine-tuned on DIS5K", "okupyn/s3od-dis", license="MIT"),
+        ModelSpec("s3od-sod", "dpt_dinov3", _DINOV3_BASE_3,
+                  "DINOv3-B + DPT, fine-tuned on SOD benchmarks", "okupyn/s3od-sod",
+                  license="MIT"),
+        ModelSpec("s3od-lite", "lite", {"features": 64, "num_masks": 3},
+                  "EfficientNet-Lite0 + fusion decoder, bundled, runs offline",
+                  bundled_file="s3od-lite.safetensors", image_size=512, license="Apache-2.0"),
+    )
+}
+HUB_ALIASES = {spec.hub_repo: name for name, spec in MODELS.items() if spec.hub_repo}
+DEFAULT_MODEL = "s3od"
+FALLBACK_MODEL = "s3od-lite"
+
+
+def get_spec(name: str) -> ModelSpec | None:
+    """Spec for a registry name or a published hub id (``okupyn/s3od``)."""
+    if name in MODELS:
+        return MODELS[name]
+    alias = HUB_ALIASES.get(name)
+    return MODELS[alias] if alias else None
+
+
+def list_models() -> list[ModelSpec]:
+    """All registered models, default first."""
+    return list(MODELS.values())
