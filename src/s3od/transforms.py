@@ -62,23 +62,48 @@ def normalize(images: torch.Tensor) -> torch.Tensor:
     return (images.float() / 255.0 - mean) / std
 
 
-def letterbox_image(image: np.ndarray | torch.Tensor, size: int) -> tuple[torch.Tensor, Letterbox]:
-    """HxWx3 uint8 RGB -> ``(3, size, size)`` float tensor in the 0..255 range, and its geometry.
+def _linear_taps(src: int, dst: int, device: torch.device):
+    """Source indices and 11-bit fixed-point weights of OpenCV's uint8 INTER_LINEAR resize."""
+    pos = ((torch.arange(dst, dtype=torch.float64, device=device) + 0.5) * (src / dst) - 0.5)
+    pos = pos.to(torch.float32)
+    i0 = torch.floor(pos)
+    frac = pos - i0
+    i0 = i0.long()
+    clamp = (i0 < 0) | (i0 >= src - 1)
+    frac[clamp] = 0.0
+    i0 = i0.clamp(0, src - 1)
+    i1 = (i0 + 1).clamp(max=src - 1)
+    w0 = torch.round((1.0 - frac) * 2048).int()
+    w1 = torch.round(frac * 2048).int()
+    return i0, i1, w0, w1
 
-    The resize is bilinear with half-pixel centres and no antialias, rounded to integers, which
-    is what OpenCV's default ``cv2.resize`` gives on uint8 images.
+
+def resize_uint8_linear(image: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Bilinear resize of an HxWxC uint8 tensor, bit-compatible with OpenCV's ``cv2.resize``.
+
+    The published S3OD predictor resizes with OpenCV; matching its fixed-point arithmetic (11-bit
+    weights, rows then columns) keeps our masks identical to the published ones without making
+    OpenCV a dependency. Integer maths only, so it is exact on every device.
     """
+    src = image.to(torch.int32)
+    x0, x1, a0, a1 = _linear_taps(src.shape[1], width, src.device)
+    y0, y1, b0, b1 = _linear_taps(src.shape[0], height, src.device)
+    rows = src[:, x0] * a0[None, :, None] + src[:, x1] * a1[None, :, None]
+    top, bottom = rows[y0] >> 4, rows[y1] >> 4
+    out = ((top * b0[:, None, None]) >> 16) + ((bottom * b1[:, None, None]) >> 16)
+    return ((out + 2) >> 2).clamp_(0, 255).to(torch.uint8)
+
+
+def letterbox_image(image: np.ndarray | torch.Tensor, size: int) -> tuple[torch.Tensor, Letterbox]:
+    """HxWx3 uint8 RGB -> ``(3, size, size)`` float tensor in the 0..255 range, and its geometry."""
     t = torch.as_tensor(image)
     if t.ndim != 3 or t.shape[2] != 3:
         raise ValueError(f"expected an HxWx3 RGB image, got shape {tuple(t.shape)}")
     box = letterbox_geometry(int(t.shape[0]), int(t.shape[1]), size)
-    chw = t.permute(2, 0, 1).unsqueeze(0).float()
     if (box.resized_height, box.resized_width) != (box.height, box.width):
-        chw = F.interpolate(chw, size=(box.resized_height, box.resized_width), mode="bilinear",
-                            align_corners=False, antialias=False)
-        chw = chw.round_().clamp_(0, 255)
-    chw = F.pad(chw, (box.left, box.right, box.top, box.bottom), value=0.0)
-    return chw[0], box
+        t = resize_uint8_linear(t, box.resized_height, box.resized_width)
+    chw = t.permute(2, 0, 1).float()
+    return F.pad(chw, (box.left, box.right, box.top, box.bottom), value=0.0), box
 
 
 def preprocess(
@@ -87,7 +112,8 @@ def preprocess(
     """A batch of HxWx3 uint8 images -> normalised ``(B, 3, size, size)`` and their geometry."""
     tensors, boxes = [], []
     for image in images:
-        t, box = letterbox_image(torch.from_numpy(np.ascontiguousarray(image)).to(device), size)
+        t, box = letterbox_image(
+            torch.from_numpy(np.require(image, np.uint8, ["C", "W"])).to(device), size)
         tensors.append(t)
         boxes.append(box)
     return normalize(torch.stack(tensors)), boxes

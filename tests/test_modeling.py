@@ -1,0 +1,108 @@
+"""The published architecture: every key and shape, and numerical fidelity to the reference."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from s3od.modeling import DPTSegmentation, LiteSegmentation
+
+from .conftest import REFERENCE_TINY, SHARED, tiny_reference_config
+
+REFERENCE_KEYS = SHARED / "docs" / "reference-state-dict.json"
+needs_reference = pytest.mark.skipif(not REFERENCE_TINY.is_dir(),
+                                     reason="../shared/fixtures/reference-tiny not found")
+
+
+@pytest.fixture(scope="module")
+def reference_keys() -> dict:
+    if not REFERENCE_KEYS.is_file():
+        pytest.skip("../shared/docs/reference-state-dict.json not found")
+    return json.loads(REFERENCE_KEYS.read_text())
+
+
+def _shapes(model: torch.nn.Module) -> dict[str, list[int]]:
+    return {k: list(v.shape) for k, v in model.state_dict().items()}
+
+
+def test_base_model_keys_and_shapes_equal_published(reference_keys):
+    ref = reference_keys["s3od_dinov3_base_3out"]
+    with torch.device("meta"):
+        model = DPTSegmentation("dinov3_vitb16", num_masks=3)
+    shapes = _shapes(model)
+    assert set(shapes) == set(ref["keys"]), set(shapes) ^ set(ref["keys"])
+    for key, shape in ref["keys"].items():
+        assert shapes[key] == shape, key
+    assert sum(p.numel() for p in model.parameters()) == ref["param_count"]
+    assert sum(p.numel() for p in model.encoder.parameters()) == ref["param_count_encoder"]
+
+
+def test_large_single_mask_keys_equal_published(reference_keys):
+    ref = reference_keys["dinol_dinov3_large_1out"]
+    with torch.device("meta"):
+        model = DPTSegmentation("dinov3_vitl16", num_masks=1)
+    assert _shapes(model) == ref["keys"]
+    assert model.layer_indices == (4, 11, 17, 23)
+
+
+def test_state_dict_uses_flat_block_names_and_loads_both_namings():
+    torch.manual_seed(0)
+    model = DPTSegmentation(tiny_reference_config()["encoder_config"], features=16,
+                            out_channels=(8, 8, 16, 16))
+    flat = model.state_dict()
+    assert any(k.startswith("encoder.layer.0.") for k in flat)
+    assert not any(k.startswith("encoder.model.") for k in flat)
+    nested = {k.replace("encoder.layer.", "encoder.model.layer."): v for k, v in flat.items()}
+    for sd in (flat, nested):
+        fresh = DPTSegmentation(tiny_reference_config()["encoder_config"], features=16,
+                                out_channels=(8, 8, 16, 16))
+        fresh.load_state_dict(sd, strict=True)
+        assert torch.equal(fresh.state_dict()["encoder.layer.3.mlp.up_proj.weight"],
+                           flat["encoder.layer.3.mlp.up_proj.weight"])
+
+
+@needs_reference
+def test_forward_reproduces_published_outputs():
+    from safetensors.torch import load_file
+
+    model = DPTSegmentation(**tiny_reference_config())
+    model.load_state_dict(load_file(REFERENCE_TINY / "weights.safetensors"), strict=True)
+    model.eval()
+    ref = load_file(REFERENCE_TINY / "forward.safetensors")
+    with torch.no_grad():
+        out = model(ref["input"])
+    assert out["pred_masks"].shape == ref["pred_masks"].shape
+    torch.testing.assert_close(out["pred_masks"], ref["pred_masks"], atol=1e-4, rtol=0)
+    torch.testing.assert_close(out["pred_iou"], ref["pred_iou"], atol=1e-4, rtol=0)
+    assert out["features"].shape[-2:] == (80, 112)
+
+
+def test_output_size_is_input_rounded_down_to_patch_multiple():
+    model = DPTSegmentation(tiny_reference_config()["encoder_config"], features=16,
+                            out_channels=(8, 8, 16, 16)).eval()
+    with torch.no_grad():
+        out = model(torch.zeros(1, 3, 100, 70))
+    assert out["pred_masks"].shape == (1, 3, 96, 64)
+
+
+def test_lite_model_outputs_input_size_and_loads_imagenet_encoder():
+    model = LiteSegmentation(features=32, pretrained_encoder=True).eval()
+    with torch.no_grad():
+        out = model(torch.zeros(2, 3, 96, 160))
+    assert out["pred_masks"].shape == (2, 3, 96, 160)
+    assert out["pred_iou"].shape == (2, 3)
+    # The pretrained stem is not the random init: BN running stats were copied from ImageNet.
+    assert not torch.allclose(model.encoder.stem.bn.running_var, torch.ones(32))
+
+
+def test_every_size_is_a_constructor_parameter():
+    model = DPTSegmentation(tiny_reference_config()["encoder_config"], features=24,
+                            out_channels=(8, 16, 24, 32), num_masks=5, mask_inter_features=4,
+                            mask_upsample_features=12, iou_hidden=7)
+    sd = model.state_dict()
+    assert sd["seg_head.classifier_head.4.weight"].shape == (5, 7)
+    assert sd["seg_head.projects.3.weight"].shape[0] == 32
+    assert sd["seg_head.mask_head.mask_heads.4.0.weight"].shape == (4, 12, 3, 3)
+    assert sd["seg_head.mask_head.output_conv1.weight"].shape == (12, 24, 3, 3)
