@@ -1,0 +1,381 @@
+"""The HTTP service: ``create_app(settings)`` builds a FastAPI app around one loaded model.
+
+Data flow per request: auth -> admission (:class:`~s3od.serving.limits.Gate`) -> content type
+-> bounded body read -> header probe -> decode (thread) -> :class:`MicroBatcher` (inference
+thread) -> render + encode (thread) -> bytes or JSON. Every refusal is an
+:class:`~s3od.serving.limits.ApiError` rendered as ``{"error": code, "message": text}``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hmac
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
+
+from fastapi import Depends, FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from s3od import compose
+from s3od.imageio import encode_image
+from s3od.serving.batching import MicroBatcher
+from s3od.serving.limits import (
+    FILE_FIELDS,
+    MULTIPART,
+    ApiError,
+    Gate,
+    check_content_type,
+    decode_checked,
+    read_body,
+)
+from s3od.serving.settings import ServerSettings
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from s3od.predictor import BackgroundRemoval, RemovalResult
+
+log = logging.getLogger("s3od.serving")
+T = TypeVar("T")
+
+_IMAGE_BODY = {
+    "required": True,
+    "content": {
+        "multipart/form-data": {
+            "schema": {"type": "object", "required": ["file"],
+                       "properties": {"file": {"type": "string", "format": "binary"}}}},
+        "image/*": {"schema": {"type": "string", "format": "binary"}},
+        "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+    },
+}
+
+
+class ErrorBody(BaseModel):
+    """Shape of every 4xx/5xx answer."""
+
+    error: str
+    message: str
+
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorBody, "description": text}
+    for code, text in {
+        400: "Body is not a decodable image", 401: "Missing or wrong API key",
+        413: "Body or pixel count over the limit", 415: "Unsupported content type or format",
+        422: "Invalid option", 503: "Concurrency limit reached", 504: "Request timed out",
+    }.items()
+}
+
+
+class MaskCandidate(BaseModel):
+    index: int
+    iou: float
+    png_base64: str
+
+
+class MasksResponse(BaseModel):
+    model: str
+    width: int
+    height: int
+    best_index: int
+    ambiguous: bool
+    masks: list[MaskCandidate]
+
+
+def load_remover(settings: ServerSettings) -> BackgroundRemoval:
+    """The one model the server uses (errors propagate: the CLI reports them)."""
+    import torch
+
+    from s3od.predictor import BackgroundRemoval
+
+    if settings.threads:
+        torch.set_num_threads(settings.threads)
+    return BackgroundRemoval(settings.model, image_size=settings.image_size,
+                             device=settings.device)
+
+
+def _error_response(status: int, code: str, message: str,
+                    headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": code, "message": message}, status_code=status, headers=headers)
+
+
+def _validation_message(err: RequestValidationError) -> str:
+    parts = []
+    for item in err.errors():
+        where = ".".join(str(p) for p in item.get("loc", ()) if p not in ("query", "body"))
+        parts.append(f"{where}: {item.get('msg', 'invalid')}" if where else item.get("msg", ""))
+    return "; ".join(parts) or "invalid request"
+
+
+def _only_known_params(*names: str) -> Callable[[Request], None]:
+    """Refuse unknown query parameters: a typo such as ``bgcolor`` must not be ignored."""
+    allowed = set(names)
+
+    def check(request: Request) -> None:
+        unknown = sorted(set(request.query_params) - allowed)
+        if unknown:
+            raise ApiError(422, "invalid_option",
+                           f"unknown option(s) {', '.join(unknown)}; accepted: "
+                           f"{', '.join(sorted(allowed)) or 'none'}")
+
+    return check
+
+
+def create_app(settings: ServerSettings | None = None,
+               remover: BackgroundRemoval | None = None) -> FastAPI:
+    """Build the service. ``remover`` injects an already-built predictor (tests, embedding).
+
+    Example:
+        >>> app = create_app(ServerSettings(model="s3od-lite", max_batch=4))  # doctest: +SKIP
+        >>> uvicorn.run(app, host="127.0.0.1", port=8000)  # doctest: +SKIP
+    """
+    settings = settings or ServerSettings.from_env()
+    remover = remover if remover is not None else load_remover(settings)
+    batcher = MicroBatcher(remover.predict_arrays, settings.max_batch,
+                           settings.batch_window_ms / 1000.0)
+    gate = Gate(settings.max_concurrency, settings.max_queue)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        await batcher.start()
+        try:
+            yield
+        finally:
+            await batcher.stop()
+
+    app = FastAPI(
+        title="s3od",
+        summary="Background removal and salient-object masks over HTTP.",
+        version=_version(),
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.remover = remover
+    app.state.batcher = batcher
+    app.state.gate = gate
+
+    if settings.cors_origins:
+        from fastapi.middleware.cors import CORSMiddleware
+
+        app.add_middleware(
+            CORSMiddleware, allow_origins=list(settings.cors_origins),
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "X-API-Key", "Content-Type"],
+            expose_headers=["X-S3OD-Model", "X-S3OD-IoU", "X-S3OD-Best-Index",
+                            "X-S3OD-Ambiguous"])
+
+    @app.exception_handler(ApiError)
+    async def _api_error(_: Request, err: ApiError) -> JSONResponse:
+        return _error_response(err.status, err.code, err.message, err.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_: Request, err: RequestValidationError) -> JSONResponse:
+        return _error_response(422, "invalid_option", _validation_message(err))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, err: StarletteHTTPException) -> JSONResponse:
+        code = {404: "not_found", 405: "method_not_allowed"}.get(err.status_code, "http_error")
+        return _error_response(err.status_code, code, str(err.detail), err.headers)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_: Request, err: Exception) -> JSONResponse:
+        log.error("unexpected server error", exc_info=err)
+        return _error_response(500, "internal", "internal server error (logged on the server)")
+
+    def require_key(request: Request) -> None:
+        if settings.api_key is None:
+            return
+        given = request.headers.get("x-api-key", "")
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        if not given and scheme.lower() == "bearer":
+            given = token.strip()
+        expected = settings.api_key.get_secret_value()
+        if not hmac.compare_digest(given.encode(), expected.encode()):
+            raise ApiError(401, "unauthorized",
+                           "missing or wrong API key (send 'Authorization: Bearer KEY' or "
+                           "'X-API-Key: KEY')", {"WWW-Authenticate": "Bearer"})
+
+    async def guarded(work: Callable[[], Awaitable[T]]) -> T:
+        """Admission control plus the whole-request deadline."""
+        async with gate.enter():
+            try:
+                return await asyncio.wait_for(work(), settings.request_timeout_s)
+            except asyncio.TimeoutError:
+                raise ApiError(504, "timeout", f"request took longer than "
+                               f"{settings.request_timeout_s:g} s") from None
+
+    async def predict(request: Request, threshold: float) -> RemovalResult:
+        data = await _image_bytes(request, settings.max_upload_bytes)
+        rgb = await run_in_threadpool(decode_checked, data, settings.max_pixels)
+        del data
+        masks, ious = await batcher.submit(rgb)
+        return remover._result(rgb, masks, ious, threshold)
+
+    @app.get("/healthz", tags=["service"])
+    async def healthz() -> dict[str, Any]:
+        """Liveness plus what is loaded and how batching has gone (no auth)."""
+        stats = batcher.stats
+        return {
+            "status": "ok", "model": remover.model_name, "device": str(remover.device),
+            "image_size": remover.image_size, "max_batch": settings.max_batch,
+            "in_flight": gate.admitted,
+            "batches": {"count": stats.batches, "images": stats.images,
+                        "largest": stats.largest, "failures": stats.failures},
+        }
+
+    @app.get("/v1/models", tags=["models"], responses=_ERRORS,
+             dependencies=[Depends(require_key), Depends(_only_known_params())])
+    async def models() -> dict[str, Any]:
+        """The registry, and which model this server has loaded."""
+        from s3od.registry import list_models
+
+        return {
+            "loaded": {"name": remover.model_name, "source": remover.source,
+                       "image_size": remover.image_size, "device": str(remover.device)},
+            "models": [{"name": s.name, "architecture": s.architecture,
+                        "image_size": s.image_size, "description": s.description,
+                        "license": s.license, "weights": s.source} for s in list_models()],
+        }
+
+    remove_params = ("format", "mask_only", "bg_color", "crop", "threshold")
+
+    @app.post(
+        "/v1/remove", tags=["inference"], response_class=Response,
+        dependencies=[Depends(require_key), Depends(_only_known_params(*remove_params))],
+        openapi_extra={"requestBody": _IMAGE_BODY},
+        responses={200: {"content": {"image/png": {}, "image/webp": {}},
+                         "description": "The cut-out (or mask / composite)"}, **_ERRORS})
+    async def remove(
+        request: Request,
+        format: Literal["png", "webp"] = Query("png", description="png or webp (lossless)."),
+        mask_only: bool = Query(False, description="Return the soft mask (greyscale)."),
+        bg_color: str | None = Query(None, description="Composite over a colour: name, "
+                                     "#rrggbb or r,g,b."),
+        crop: bool = Query(False, description="Crop to the object's bounding box."),
+        threshold: float = Query(0.5, ge=0.0, le=1.0, description="Threshold used by crop."),
+    ) -> Response:
+        """Cut out the main object. Send the image as the raw body or multipart field ``file``.
+
+        Options mirror ``s3od remove``; the response headers carry the best candidate's IoU.
+        """
+        color = None
+        if bg_color is not None:
+            try:
+                color = compose.parse_color(bg_color)
+            except ValueError as err:
+                raise ApiError(422, "invalid_option", f"bg_color: {err}") from None
+
+        async def work() -> Response:
+            result = await predict(request, threshold)
+            payload = await run_in_threadpool(_render, result, mask_only, color, crop, format)
+            return Response(payload, media_type=f"image/{format}", headers={
+                "X-S3OD-Model": remover.model_name,
+                "X-S3OD-IoU": f"{float(result.all_ious[result.best_index]):.4f}",
+                "X-S3OD-Best-Index": str(result.best_index),
+                "X-S3OD-Ambiguous": str(result.ambiguous).lower(),
+            })
+
+        return await guarded(work)
+
+    @app.post(
+        "/v1/masks", tags=["inference"], response_model=MasksResponse,
+        dependencies=[Depends(require_key), Depends(_only_known_params())],
+        openapi_extra={"requestBody": _IMAGE_BODY}, responses=_ERRORS)
+    async def masks(request: Request) -> MasksResponse:
+        """Every candidate mask (8-bit PNG, base64) with its predicted IoU."""
+
+        async def work() -> MasksResponse:
+            result = await predict(request, 0.5)
+            return await run_in_threadpool(_masks_body, result, remover.model_name)
+
+        return await guarded(work)
+
+    return app
+
+
+async def _image_bytes(request: Request, limit: int) -> bytes:
+    """The uploaded image: the raw body, or the ``file`` part of a multipart body."""
+    kind = check_content_type(request.headers.get("content-type"))
+    body = await read_body(request.stream(), request.headers.get("content-length"), limit)
+    if kind != MULTIPART:
+        return body
+    return await _multipart_file(request, body)
+
+
+async def _multipart_file(request: Request, body: bytes) -> bytes:
+    """Parse an already size-checked multipart body and return its single image part."""
+    sent = False
+
+    async def replay() -> dict[str, Any]:
+        nonlocal sent
+        if sent:
+            return {"type": "http.disconnect"}
+        sent = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    try:
+        form = await Request(request.scope, replay).form(max_files=2, max_fields=8)
+    except Exception as err:
+        raise ApiError(400, "bad_multipart", f"cannot parse multipart body: "
+                       f"{getattr(err, 'detail', err)}") from None
+    try:
+        for name in FILE_FIELDS:
+            part = form.get(name)
+            if part is None:
+                continue
+            if isinstance(part, str):
+                raise ApiError(400, "bad_multipart", f"field {name!r} must be a file upload, "
+                               "not text")
+            part_type = part.content_type or "application/octet-stream"
+            if part_type.startswith(MULTIPART):
+                raise ApiError(415, "unsupported_media_type", "nested multipart is not accepted")
+            check_content_type(part_type)
+            return await part.read()
+        raise ApiError(400, "bad_multipart", "multipart body has no 'file' part "
+                       "(use -F file=@photo.jpg)")
+    finally:
+        await form.close()
+
+
+def _render(result: RemovalResult, mask_only: bool, color: compose.Color | None, crop: bool,
+            fmt: str) -> bytes:
+    """The CLI's output choices, encoded for the wire."""
+    if mask_only:
+        image = result.mask_image()
+    elif color is not None:
+        image = result.composite(color)
+    else:
+        image = result.rgba_image
+    if crop:
+        image = result.crop(image)
+    if fmt == "webp":
+        return encode_image(image, "WEBP", lossless=True)
+    return encode_image(image, "PNG")
+
+
+def _masks_body(result: RemovalResult, model: str) -> MasksResponse:
+    height, width = result.predicted_mask.shape
+    candidates = [
+        MaskCandidate(index=i, iou=round(float(iou), 6),
+                      png_base64=base64.b64encode(_png(mask)).decode("ascii"))
+        for i, (mask, iou) in enumerate(zip(result.all_masks, result.all_ious, strict=True))
+    ]
+    return MasksResponse(model=model, width=width, height=height, best_index=result.best_index,
+                         ambiguous=result.ambiguous, masks=candidates)
+
+
+def _png(mask: np.ndarray) -> bytes:
+    return encode_image(compose.mask_image(mask), "PNG")
+
+
+def _version() -> str:
+    from s3od import __version__
+
+    return __version__
