@@ -24,7 +24,7 @@ def test_result_fields_shapes_dtypes_and_ranges(tiny_remover):
     assert result.predicted_mask.shape == (h, w) and result.predicted_mask.dtype == np.float32
     assert result.all_masks.shape == (3, h, w) and result.all_masks.dtype == np.float32
     assert result.all_ious.shape == (3,) and result.all_ious.dtype == np.float32
-    assert 0.0 <= result.all_masks.min() and result.all_masks.max() <= 1.0
+    assert result.all_masks.min() >= 0.0 and result.all_masks.max() <= 1.0
     assert np.all((result.all_ious > 0) & (result.all_ious < 1))
     best = int(np.argmax(result.all_ious))
     assert np.array_equal(result.predicted_mask, result.all_masks[best])

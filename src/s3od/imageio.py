@@ -10,14 +10,14 @@ import io
 import os
 import tempfile
 from pathlib import Path
-from typing import IO, Any, Union
+from typing import IO, Any
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from s3od.errors import InvalidImageError
 
-ImageInput = Union[str, os.PathLike, bytes, bytearray, IO[bytes], Image.Image, np.ndarray]
+ImageInput = str | os.PathLike | bytes | bytearray | IO[bytes] | Image.Image | np.ndarray
 
 # Refuse decompression bombs early; callers that need more can raise this.
 Image.MAX_IMAGE_PIXELS = 24_000 * 24_000

@@ -37,7 +37,8 @@ class Letterbox:
 def validate_image_size(image_size: int, multiple: int = 16) -> int:
     """Network input side: a positive multiple of the encoder's stride."""
     if not isinstance(image_size, int) or image_size <= 0 or image_size % multiple:
-        raise ValueError(f"image_size must be a positive multiple of {multiple}, got {image_size!r}")
+        raise ValueError(
+            f"image_size must be a positive multiple of {multiple}, got {image_size!r}")
     return image_size
 
 
@@ -85,10 +86,11 @@ def resize_uint8_linear(image: torch.Tensor, height: int, width: int) -> torch.T
     weights, rows then columns) keeps our masks identical to the published ones without making
     OpenCV a dependency. Integer maths only, so it is exact on every device.
     """
-    src = image.to(torch.int32)
-    x0, x1, a0, a1 = _linear_taps(src.shape[1], width, src.device)
-    y0, y1, b0, b1 = _linear_taps(src.shape[0], height, src.device)
-    rows = src[:, x0] * a0[None, :, None] + src[:, x1] * a1[None, :, None]
+    x0, x1, a0, a1 = _linear_taps(image.shape[1], width, image.device)
+    y0, y1, b0, b1 = _linear_taps(image.shape[0], height, image.device)
+    # Gather columns before widening to int32: no full-resolution int32 copy of a large photo.
+    rows = (image[:, x0].to(torch.int32) * a0[None, :, None]
+            + image[:, x1].to(torch.int32) * a1[None, :, None])
     top, bottom = rows[y0] >> 4, rows[y1] >> 4
     out = ((top * b0[:, None, None]) >> 16) + ((bottom * b1[:, None, None]) >> 16)
     return ((out + 2) >> 2).clamp_(0, 255).to(torch.uint8)
@@ -119,16 +121,24 @@ def preprocess(
     return normalize(torch.stack(tensors)), boxes
 
 
-def unletterbox(probs: torch.Tensor, box: Letterbox) -> torch.Tensor:
-    """``(N, S', S')`` probabilities of one image -> ``(N, H, W)`` at the original size.
+def crop_padding(probs: torch.Tensor, box: Letterbox) -> torch.Tensor:
+    """``(..., S', S')`` network output -> the image's part of it, still at network resolution.
 
-    ``S'`` may differ from ``box.size`` (a ViT rounds down to its patch size); the crop is scaled.
+    Callers that upsample the mask themselves (edge refinement, very large images) start here.
     """
     s_h, s_w = probs.shape[-2:]
     sy, sx = s_h / box.size, s_w / box.size
     top, bottom = round(box.top * sy), s_h - round(box.bottom * sy)
     left, right = round(box.left * sx), s_w - round(box.right * sx)
-    cropped = probs[:, top:bottom, left:right]
+    return probs[..., top:bottom, left:right]
+
+
+def unletterbox(probs: torch.Tensor, box: Letterbox) -> torch.Tensor:
+    """``(N, S', S')`` probabilities of one image -> ``(N, H, W)`` at the original size.
+
+    ``S'`` may differ from ``box.size`` (a ViT rounds down to its patch size); the crop is scaled.
+    """
+    cropped = crop_padding(probs, box)
     if tuple(cropped.shape[-2:]) == (box.height, box.width):
         return cropped
     return F.interpolate(cropped.unsqueeze(0).float(), size=(box.height, box.width),

@@ -178,8 +178,14 @@ def remove(
 
 def _run_jobs(remover, jobs, batch_size, threshold, skip_existing, all_masks, render, out_fmt,
               save_kwargs) -> Summary:
-    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
-                               TimeElapsedColumn, TimeRemainingColumn)
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
     from s3od.errors import S3ODError
     from s3od.imageio import load_image, save_image_atomic

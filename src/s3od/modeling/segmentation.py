@@ -1,7 +1,8 @@
 """Full segmentation models: an encoder plus the shared DPT decoder (``seg_head``).
 
 Forward contract (both models): ``images (B, 3, H, W)`` normalised floats ->
-``{"pred_masks": (B, N, H', W') logits, "pred_iou": (B, N) logits, "features": (B, F, H'/2, W'/2)}``.
+``{"pred_masks": (B, N, H', W') logits, "pred_iou": (B, N) logits,
+"features": (B, F, H'/2, W'/2)}``.
 For the ViT model ``H' = 16 * floor(H / 16)``; for the CNN model ``H' = H``.
 """
 

@@ -11,10 +11,12 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from importlib import resources
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
-from transformers import DINOv3ViTConfig, DINOv3ViTModel
+
+if TYPE_CHECKING:  # transformers takes seconds to import; only the ViT models need it
+    from transformers import DINOv3ViTConfig, DINOv3ViTModel
 
 _NESTED = "model.layer."
 _FLAT = "layer."
@@ -22,6 +24,8 @@ _FLAT = "layer."
 
 def load_dinov3_config(name_or_dict: str | dict[str, Any]) -> DINOv3ViTConfig:
     """Config from a bundled JSON name (``dinov3_vitb16``) or a plain dict."""
+    from transformers import DINOv3ViTConfig
+
     if isinstance(name_or_dict, dict):
         data = dict(name_or_dict)
     else:
@@ -56,6 +60,8 @@ def _load_hook(module: torch.nn.Module, state_dict: dict, prefix: str, *_args: A
 
 def build_dinov3(config: DINOv3ViTConfig) -> DINOv3ViTModel:
     """A randomly initialised DINOv3 ViT whose state-dict naming is version independent."""
+    from transformers import DINOv3ViTModel
+
     config._attn_implementation = "sdpa"
     model = DINOv3ViTModel(config)
     model.register_state_dict_post_hook(_save_hook)
