@@ -1,0 +1,236 @@
+"""Segmentation losses and the multi-mask (best-of-N) criterion.
+
+Per-pixel losses take mask *logits* and return per-sample values ``(B,)`` or a scalar, so the
+multi-mask criterion can pick, per sample, the candidate that matches the target best.
+
+Published behaviour that is reproduced: the loss weights, the soft IoU with squared sums used to
+rank candidates, the all-candidate term ``full_mask_lambda * exp(-decay_rate * epoch)``, and the
+IoU head regressed (MSE on sigmoid) towards the measured soft IoU of every candidate.
+Published defects that are fixed (each has a switch to get the old behaviour back, see
+docs/training.md): the focal loss ran on ``sigmoid(sigmoid(z))``; SSIM broke on single-mask
+batches; the IoU-head loss was silently skipped for single-mask models (it still is, because
+there is nothing to rank, but the parts are logged under stable names).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def _per_sample(x: torch.Tensor) -> torch.Tensor:
+    """Mean over every axis but the first."""
+    return x.flatten(1).mean(1)
+
+
+def _reduce(x: torch.Tensor, reduction: str) -> torch.Tensor:
+    if reduction == "none":
+        return x
+    if reduction == "mean":
+        return x.mean()
+    if reduction == "sum":
+        return x.sum()
+    raise ValueError(f"unknown reduction {reduction!r}")
+
+
+class FocalLoss(nn.Module):
+    """Binary focal loss on logits, ``alpha * (1 - p_t)^gamma * BCE``, averaged per sample.
+
+    ``on_probabilities=True`` reproduces the published model's training, where the loss was fed
+    sigmoid outputs as if they were logits (an accidental double sigmoid).
+    """
+
+    def __init__(self, alpha: float = 0.25, gamma: float = 2.0, reduction: str = "none",
+                 on_probabilities: bool = False) -> None:
+        super().__init__()
+        self.alpha, self.gamma, self.reduction = alpha, gamma, reduction
+        self.on_probabilities = on_probabilities
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        z = torch.sigmoid(logits) if self.on_probabilities else logits
+        bce = F.binary_cross_entropy_with_logits(z.float(), target.float(), reduction="none")
+        pt = torch.exp(-bce)
+        loss = self.alpha * (1.0 - pt) ** self.gamma * bce
+        return _reduce(_per_sample(loss), self.reduction)
+
+
+class IoULoss(nn.Module):
+    """Soft Jaccard loss ``1 - (sum p*y + s) / (sum p + sum y - sum p*y + s)`` per sample."""
+
+    def __init__(self, smooth: float = 1e-6, reduction: str = "none") -> None:
+        super().__init__()
+        self.smooth, self.reduction = smooth, reduction
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        p = torch.sigmoid(logits.float()).flatten(1)
+        y = target.float().flatten(1)
+        inter = (p * y).sum(1)
+        union = p.sum(1) + y.sum(1) - inter
+        return _reduce(1.0 - (inter + self.smooth) / (union + self.smooth), self.reduction)
+
+
+class BCELoss(nn.Module):
+    """Binary cross-entropy on logits (numerically safe form of BCE on sigmoid outputs)."""
+
+    def __init__(self, reduction: str = "none") -> None:
+        super().__init__()
+        self.reduction = reduction
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        bce = F.binary_cross_entropy_with_logits(logits.float(), target.float(), reduction="none")
+        return _reduce(_per_sample(bce), self.reduction)
+
+
+class SSIMLoss(nn.Module):
+    """``1 - mean SSIM`` with an 11x11 Gaussian window (sigma 1.5), on sigmoid probabilities.
+
+    Accepts ``(B, H, W)`` or ``(B, 1, H, W)``: the published version required 4-D input and
+    failed on single-mask batches.
+    """
+
+    def __init__(self, window_size: int = 11, sigma: float = 1.5, reduction: str = "none") -> None:
+        super().__init__()
+        self.reduction = reduction
+        self.pad = window_size // 2
+        coords = torch.arange(window_size, dtype=torch.float32) - window_size // 2
+        g = torch.exp(-(coords**2) / (2 * sigma**2))
+        g = g / g.sum()
+        self.register_buffer("window", (g[:, None] @ g[None, :])[None, None], persistent=False)
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        x = torch.sigmoid(logits.float())
+        y = target.float()
+        if x.ndim == 3:
+            x, y = x.unsqueeze(1), y.unsqueeze(1)
+        b, c, h, w = x.shape
+        x, y = x.reshape(b * c, 1, h, w), y.reshape(b * c, 1, h, w)
+        win = self.window.to(x.dtype)
+        mu_x = F.conv2d(x, win, padding=self.pad)
+        mu_y = F.conv2d(y, win, padding=self.pad)
+        sxx = F.conv2d(x * x, win, padding=self.pad) - mu_x**2
+        syy = F.conv2d(y * y, win, padding=self.pad) - mu_y**2
+        sxy = F.conv2d(x * y, win, padding=self.pad) - mu_x * mu_y
+        c1, c2 = 0.01**2, 0.03**2
+        ssim = ((2 * mu_x * mu_y + c1) * (2 * sxy + c2)) / (
+            (mu_x**2 + mu_y**2 + c1) * (sxx + syy + c2)
+        )
+        per = 1.0 - ssim.reshape(b, c * h * w).mean(1)
+        return _reduce(per, self.reduction)
+
+
+LOSSES: dict[str, type[nn.Module]] = {
+    "focal": FocalLoss,
+    "iou": IoULoss,
+    "bce": BCELoss,
+    "ssim": SSIMLoss,
+}
+
+
+def soft_iou(probs: torch.Tensor, target: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """Ranking IoU of each candidate: ``(sum yp + e) / (sum y^2 + sum p^2 - sum yp + e)``.
+
+    ``probs (B, N, H, W)``, ``target (B, H, W)`` -> ``(B, N)``. Squared sums as published.
+    """
+    p = probs.float().flatten(2)
+    y = target.float().flatten(1).unsqueeze(1)
+    inter = (p * y).sum(-1)
+    return (inter + eps) / ((y * y).sum(-1) + (p * p).sum(-1) - inter + eps)
+
+
+def full_mask_weight(epoch: int, full_mask_lambda: float, decay_rate: float) -> float:
+    """Weight of the all-candidate term: ``full_mask_lambda * exp(-decay_rate * epoch)``."""
+    return float(full_mask_lambda) * math.exp(-float(decay_rate) * float(epoch))
+
+
+class MultiMaskLoss(nn.Module):
+    """Weighted sum of mask criteria, best-of-N when the model predicts several candidates.
+
+    ``criterions``: list of ``{"name", "loss": {"type", ...kwargs}, "weight"}``. The IoU-head term
+    (``iou_head_weight``, published 0.05) regresses ``sigmoid(pred_iou)`` onto the measured soft
+    IoU of every candidate.
+    """
+
+    def __init__(
+        self,
+        criterions: Sequence[Mapping[str, Any]],
+        iou_head_weight: float = 0.05,
+        full_mask_lambda: float = 0.1,
+        decay_rate: float = 0.2,
+    ) -> None:
+        super().__init__()
+        self.names: list[str] = []
+        self.weights: list[float] = []
+        mods = []
+        for spec in criterions:
+            spec = dict(spec)
+            loss_spec = dict(spec.get("loss", {}))
+            kind = loss_spec.pop("type")
+            if kind not in LOSSES:
+                raise ValueError(f"unknown loss type {kind!r}; expected one of {sorted(LOSSES)}")
+            loss_spec["reduction"] = "none"
+            mods.append(LOSSES[kind](**loss_spec))
+            self.names.append(str(spec["name"]))
+            self.weights.append(float(spec.get("weight", 1.0)))
+        if not mods:
+            raise ValueError("the loss needs at least one criterion")
+        self.criterions = nn.ModuleList(mods)
+        self.iou_head_weight = float(iou_head_weight)
+        self.full_mask_lambda = float(full_mask_lambda)
+        self.decay_rate = float(decay_rate)
+
+    def forward(
+        self, outputs: Mapping[str, torch.Tensor], target: torch.Tensor, epoch: int = 0
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        logits = outputs["pred_masks"]
+        if target.ndim == 4:
+            target = target[:, 0]
+        b, n = logits.shape[:2]
+        parts: dict[str, torch.Tensor] = {}
+        total = logits.new_zeros((), dtype=torch.float32)
+        if n == 1:
+            z = logits[:, 0]
+            for name, w, crit in zip(self.names, self.weights, self.criterions, strict=True):
+                value = crit(z, target).mean()
+                parts[name] = value.detach()
+                total = total + w * value
+            parts["loss"] = total.detach()
+            return total, parts
+
+        with torch.no_grad():
+            ious = soft_iou(torch.sigmoid(logits), target)
+            best = ious.argmax(1)
+        lam = full_mask_weight(epoch, self.full_mask_lambda, self.decay_rate)
+        flat = logits.reshape(b * n, *logits.shape[2:])
+        flat_target = target.unsqueeze(1).expand(b, n, *target.shape[1:]).reshape_as(flat)
+        rows = torch.arange(b, device=logits.device)
+        for name, w, crit in zip(self.names, self.weights, self.criterions, strict=True):
+            per = crit(flat, flat_target).reshape(b, n)
+            best_term = per[rows, best].mean()
+            full_term = per.mean()
+            total = total + w * (best_term + lam * full_term)
+            parts[f"{name}_best"] = best_term.detach()
+            parts[f"{name}_full"] = full_term.detach()
+        if self.iou_head_weight and "pred_iou" in outputs:
+            mse = F.mse_loss(torch.sigmoid(outputs["pred_iou"].float()), ious)
+            total = total + self.iou_head_weight * mse
+            parts["mse_ious_loss"] = mse.detach()
+        parts["best_iou"] = ious.max(1).values.mean()
+        parts["gt_ious"] = ious.mean()
+        parts["full_mask_lambda"] = torch.tensor(lam)
+        parts["loss"] = total.detach()
+        return total, parts
+
+
+def build_loss(cfg: Mapping[str, Any]) -> MultiMaskLoss:
+    """From the ``loss`` config group."""
+    return MultiMaskLoss(
+        criterions=cfg["criterions"],
+        iou_head_weight=cfg.get("iou_head_weight", 0.05),
+        full_mask_lambda=cfg.get("full_mask_lambda", 0.1),
+        decay_rate=cfg.get("decay_rate", 0.2),
+    )

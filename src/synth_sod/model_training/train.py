@@ -1,0 +1,235 @@
+"""Training entry point: ``python -m synth_sod.model_training.train [overrides]``.
+
+Hydra composes the packaged ``config/`` (so this runs from any directory); paths and data are
+checked before the model is built; Lightning does the rest (DDP under torchrun or SLURM).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import hydra
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import (
+    Callback,
+    EarlyStopping,
+    LearningRateMonitor,
+    ModelCheckpoint,
+)
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from omegaconf import DictConfig, OmegaConf
+
+from synth_sod.model_training.data import (
+    DataConfigError,
+    build_dataloaders,
+    build_datasets,
+    resolve_splits,
+)
+from synth_sod.model_training.lightning_module import SegmentationLightningModule, epochs_after
+
+log = logging.getLogger("synth_sod.train")
+
+if not OmegaConf.has_resolver("epochs_after"):
+    OmegaConf.register_new_resolver("epochs_after", epochs_after)
+
+
+class ConfigError(ValueError):
+    """The composed config cannot run (raised before any model is built)."""
+
+
+class ProgressPrinter(Callback):
+    """Plain log lines (the progress bar is unreadable in a nohup log)."""
+
+    def __init__(self, every_n_steps: int = 10) -> None:
+        self.every = max(1, int(every_n_steps))
+        self._t0 = time.time()
+        self._last_t = time.time()
+        self._last_step = 0
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self._t0 = self._last_t = time.time()
+        self._last_step = trainer.global_step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        step = trainer.global_step
+        if step % self.every or not trainer.is_global_zero or step == self._last_step:
+            return
+        now = time.time()
+        rate = (step - self._last_step) / max(now - self._last_t, 1e-6)
+        bs = batch["images"].shape[0] * trainer.world_size
+        m = trainer.callback_metrics
+        lrs = [g["lr"] for g in trainer.optimizers[0].param_groups]
+
+        def g(k):
+            v = m.get(k)
+            return float(v) if v is not None else float("nan")
+
+        print(f"[train] epoch {trainer.current_epoch} step {step} "
+              f"loss {g('train_loss_step'):.4f} best_iou {g('train_best_iou_step'):.3f} "
+              f"iou@0.5 {g('train_iou_step'):.3f} lr {' '.join(f'{x:.2e}' for x in lrs)} "
+              f"{rate:.3f} steps/s {rate * bs:.2f} img/s elapsed {(now - self._t0) / 60:.1f} min",
+              flush=True)
+        self._last_t, self._last_step = now, step
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if not trainer.is_global_zero or trainer.sanity_checking:
+            return
+        m = trainer.callback_metrics
+        keys = ("val_loss", "val_iou", "val_dice", "val_mae", "val_best_iou")
+        vals = " ".join(f"{k} {float(m[k]):.4f}" for k in keys if k in m)
+        print(f"[val] epoch {trainer.current_epoch} step {trainer.global_step} {vals} "
+              f"elapsed {(time.time() - self._t0) / 60:.1f} min", flush=True)
+
+
+def checkpoint_dir(cfg: DictConfig) -> Path:
+    return Path(cfg.train_stage.save_dir) / str(cfg.train_stage.experiment_name)
+
+
+def resolve_resume(cfg: DictConfig) -> tuple[str | None, bool]:
+    """(checkpoint path, weights_only) from ``training_hyperparams.resume`` / ``train_stage``.
+
+    ``training_hyperparams.resume=True`` continues from this experiment's ``last.ckpt``;
+    a string is taken as a checkpoint path. ``train_stage.checkpoint_path`` (published key)
+    also works, with ``train_stage.weights_only`` to restart from weights only.
+    """
+    resume = cfg.get("training_hyperparams", {}).get("resume", False)
+    path = cfg.train_stage.get("checkpoint_path")
+    if isinstance(resume, str) and resume.lower() not in ("true", "false", ""):
+        path = resume
+    elif resume is True or (isinstance(resume, str) and resume.lower() == "true"):
+        last = checkpoint_dir(cfg) / "last.ckpt"
+        if not last.is_file():
+            raise ConfigError(f"training_hyperparams.resume=True but {last} does not exist; "
+                              "check base_dir and train_stage.experiment_name")
+        path = str(last)
+    if path and not Path(path).is_file():
+        raise ConfigError(f"checkpoint to resume from does not exist: {path}")
+    return (str(path) if path else None), bool(cfg.train_stage.get("weights_only", False))
+
+
+def validate(cfg: DictConfig) -> None:
+    """Fail early and clearly on placeholder or missing paths."""
+    for key in ("data_dir", "base_dir"):
+        value = cfg.get(key)
+        if value is None or str(value).startswith("path/to"):
+            raise ConfigError(f"{key} is not set: pass {key}=/some/path on the command line "
+                              f"or set S3OD_{key.upper()}")
+    root = cfg.dataset.get("root")
+    if root and not Path(str(root)).expanduser().exists():
+        raise ConfigError(f"dataset root {root} does not exist (data_dir={cfg.data_dir})")
+
+
+def build_trainer(cfg: DictConfig, callbacks: list[Callback], loggers: list) -> pl.Trainer:
+    backend = cfg.backend
+    stage = cfg.train_stage
+    kwargs: dict[str, Any] = dict(
+        accelerator=backend.accelerator,
+        devices=backend.devices,
+        num_nodes=backend.get("num_nodes", 1),
+        strategy=backend.get("strategy", "auto"),
+        precision=backend.precision,
+        max_epochs=backend.max_epochs,
+        max_steps=backend.get("max_steps", -1),
+        accumulate_grad_batches=backend.accumulate_grad_batches,
+        gradient_clip_val=backend.get("gradient_clip_val"),
+        callbacks=callbacks,
+        logger=loggers,
+        log_every_n_steps=stage.get("log_every_n_steps", 50),
+        enable_progress_bar=stage.get("progress_bar", True),
+        num_sanity_val_steps=stage.get("num_sanity_val_steps", 2),
+        limit_train_batches=stage.get("limit_train_batches"),
+        limit_val_batches=stage.get("limit_val_batches"),
+        val_check_interval=stage.get("val_check_interval"),
+        check_val_every_n_epoch=stage.get("check_val_every_n_epoch", 1),
+        benchmark=backend.get("cudnn_benchmark", None),
+    )
+    return pl.Trainer(**{k: v for k, v in kwargs.items() if v is not None})
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    """Train (and test) as configured. Returns a small summary."""
+    validate(cfg)
+    ckpt_path, weights_only = resolve_resume(cfg)
+    torch.set_float32_matmul_precision("medium")
+    if cfg.backend.get("num_threads"):
+        torch.set_num_threads(int(cfg.backend.num_threads))
+    seed = int(cfg.backend.seed)
+    pl.seed_everything(seed, workers=True)
+
+    splits = resolve_splits(cfg.dataset, seed=seed)  # data errors surface before the model
+    print(f"[data] {splits.describe()}", flush=True)
+    train_set, val_set = build_datasets(cfg.dataset, splits)
+    train_loader, val_loader = build_dataloaders(
+        cfg.dataset, train_set, val_set, pin_memory=cfg.backend.accelerator != "cpu")
+
+    if ckpt_path and weights_only:
+        module = SegmentationLightningModule(cfg)
+        state = torch.load(ckpt_path, map_location="cpu", weights_only=False)["state_dict"]
+        module.load_state_dict(state)
+        print(f"[resume] weights from {ckpt_path}; optimizer and epoch restart", flush=True)
+        ckpt_path = None
+    else:
+        module = SegmentationLightningModule(cfg)
+
+    stage = cfg.train_stage
+    ckpt_dir = checkpoint_dir(cfg)
+    monitor = stage.checkpoint.monitor
+    callbacks: list[Callback] = [
+        ModelCheckpoint(dirpath=ckpt_dir, filename=stage.checkpoint.filename, monitor=monitor,
+                        mode=stage.checkpoint.mode, save_top_k=stage.checkpoint.save_top_k,
+                        auto_insert_metric_name=False),
+        # Rolling "last.ckpt", written every N optimizer steps and at each epoch end.
+        ModelCheckpoint(dirpath=ckpt_dir, save_top_k=0, save_last=True,
+                        every_n_train_steps=stage.checkpoint.every_n_train_steps),
+        LearningRateMonitor(logging_interval="step"),
+        ProgressPrinter(stage.get("print_every_n_steps", 10)),
+    ]
+    if stage.early_stopping.get("enabled", True):
+        es = {k: v for k, v in stage.early_stopping.items() if k != "enabled"}
+        callbacks.append(EarlyStopping(**es))
+    log_dir = Path(stage.log_dir)
+    loggers: list = [CSVLogger(save_dir=log_dir, name=str(stage.experiment_name))]
+    try:
+        loggers.insert(0, TensorBoardLogger(save_dir=log_dir, name=str(stage.experiment_name),
+                                            default_hp_metric=False))
+    except ModuleNotFoundError:
+        log.warning("tensorboard is not installed: CSV logs only")
+    trainer = build_trainer(cfg, callbacks, loggers)
+    if trainer.is_global_zero:
+        n_params = sum(p.numel() for p in module.model.parameters())
+        print(f"[model] {cfg.model.architecture} {n_params / 1e6:.2f}M parameters; checkpoints "
+              f"in {ckpt_dir}; logs in {log_dir}; resume from {ckpt_path}", flush=True)
+    trainer.fit(module, train_dataloaders=train_loader, val_dataloaders=val_loader,
+                ckpt_path=ckpt_path)
+
+    summary: dict[str, Any] = {
+        "best_checkpoint": callbacks[0].best_model_path or None,
+        "last_checkpoint": str(ckpt_dir / "last.ckpt"),
+        "global_step": trainer.global_step,
+    }
+    if stage.evaluation.get("enabled") and trainer.is_global_zero:
+        from synth_sod.model_training.evaluate import run_test_stage
+
+        best = summary["best_checkpoint"] or summary["last_checkpoint"]
+        summary["test"] = run_test_stage(cfg, best, log_dir / str(stage.experiment_name))
+    return summary
+
+
+@hydra.main(version_base=None, config_path="config", config_name="train")
+def main(cfg: DictConfig) -> None:
+    try:
+        run(cfg)
+    except (ConfigError, DataConfigError) as err:
+        print(f"error: {err}", file=sys.stderr, flush=True)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("HYDRA_FULL_ERROR", "0")
+    main()
