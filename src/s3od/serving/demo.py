@@ -2,6 +2,9 @@
 
 One prediction per upload keeps every candidate mask, so switching the candidate, the
 background view or the colour only re-composites (no second forward pass).
+
+Gradio is imported at module level because it reads the callbacks' annotations
+(``gr.Request``, ``gr.SelectData``) at runtime; ``s3od.serving`` imports this module lazily.
 """
 
 from __future__ import annotations
@@ -15,13 +18,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import gradio as gr
 import numpy as np
 
 from s3od import compose
 
 if TYPE_CHECKING:
-    import gradio as gr
-
     from s3od.predictor import BackgroundRemoval, RemovalResult
 
 VIEWS = ("transparent", "white", "green", "custom colour", "mask")
@@ -29,6 +31,12 @@ _VIEW_COLORS: dict[str, compose.Color] = {"white": (255, 255, 255), "green": (0,
 #: Larger uploads are refused: the candidates alone cost 12 bytes per pixel at full size.
 DEMO_MAX_PIXELS = 50_000_000
 _KEEP_MODELS = 2
+#: A checkerboard behind the cut-out so transparency is visible (Gradio 6 takes CSS at launch).
+DEMO_CSS = """
+#s3od-output img, #s3od-gallery img {
+  background: repeating-conic-gradient(#d9d9d9 0% 25%, #ffffff 0% 50%) 50% / 20px 20px;
+}
+"""
 
 
 @dataclass
@@ -132,8 +140,6 @@ def build_demo(
         model_names: selector choices; defaults to every registered model.
         initial_name: the selector's label for ``remover`` (default: its ``model_name``).
     """
-    import gradio as gr
-
     from s3od.errors import S3ODError
     from s3od.imageio import load_image
     from s3od.predictor import BackgroundRemoval
@@ -193,7 +199,8 @@ def build_demo(
     def pick_from_gallery(evt: gr.SelectData) -> int:
         return int(evt.index)
 
-    with gr.Blocks(title="s3od: background removal", delete_cache=(3600, 3600)) as blocks:
+    with gr.Blocks(title="s3od: background removal", delete_cache=(3600, 3600),
+                   analytics_enabled=False) as blocks:
         gr.Markdown("## s3od background removal\nUpload an image or pick an example; the "
                     "model proposes several masks with a predicted IoU each. Pick the one you "
                     "meant and download the cut-out.")
@@ -244,8 +251,7 @@ def launch_demo(model: str | None = None, *, host: str = "127.0.0.1", port: int 
                 device: str | None = None, image_size: int | None = None,
                 examples: Sequence[str | os.PathLike] | None = None,
                 block: bool = True) -> gr.Blocks:
-    """Load ``model`` once and serve the demo on ``host:port``."""
-    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    """Load ``model`` once and serve the demo on ``host:port`` (no analytics are sent)."""
     from s3od.predictor import BackgroundRemoval
 
     remover = BackgroundRemoval(model, image_size=image_size, device=device)
@@ -253,7 +259,7 @@ def launch_demo(model: str | None = None, *, host: str = "127.0.0.1", port: int 
                       initial_name=None if model is None else remover.model_name)
     demo.queue(default_concurrency_limit=1).launch(
         server_name=host, server_port=port, prevent_thread_lock=not block,
-        max_file_size="20mb", show_error=True)
+        max_file_size="20mb", show_error=True, css=DEMO_CSS)
     return demo
 
 

@@ -1,0 +1,106 @@
+"""The Gradio demo's pieces without a browser: views, colours, candidates, the model pool."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from s3od.errors import ModelNotFoundError
+
+pytest.importorskip("gradio", reason="the [demo] extra is not installed")
+
+from s3od.predictor import RemovalResult
+from s3od.serving.demo import (
+    VIEWS,
+    ModelPool,
+    Prediction,
+    ambiguity_text,
+    build_demo,
+    candidate_labels,
+    parse_picker,
+    render_view,
+)
+
+
+def handmade_result() -> RemovalResult:
+    """A 4x6 image with two candidates: left half (IoU 0.9) and a disjoint right strip."""
+    rgb = np.arange(4 * 6 * 3, dtype=np.uint8).reshape(4, 6, 3)
+    left = np.zeros((4, 6), np.float32)
+    left[:, :3] = 1.0
+    right = np.zeros((4, 6), np.float32)
+    right[:, 5] = 1.0
+    masks = np.stack([right, left])
+    from s3od import compose
+
+    return RemovalResult(left, masks, np.array([0.2, 0.9], np.float32),
+                         compose.cutout(rgb, left), rgb, best_index=1)
+
+
+def test_views_composite_the_chosen_candidate():
+    pred = Prediction(handmade_result(), "m")
+    rgb = pred.result.image
+    cut = np.asarray(render_view(pred, None, "transparent", None))
+    assert cut.shape == (4, 6, 4)
+    np.testing.assert_array_equal(cut[..., 3], [[255, 255, 255, 0, 0, 0]] * 4)
+    np.testing.assert_array_equal(cut[..., :3], rgb)
+    green = np.asarray(render_view(pred, 0, "green", None))
+    np.testing.assert_array_equal(green[:, 5], rgb[:, 5])
+    assert (green[:, :5] == (0, 177, 64)).all()
+    custom = np.asarray(render_view(pred, 1, "custom colour", "rgba(255, 0, 128, 1)"))
+    assert (custom[:, 3:] == (255, 0, 128)).all()
+    white = np.asarray(render_view(pred, 1, "white", None))
+    assert (white[:, 3:] == 255).all()
+    mask = np.asarray(render_view(pred, 0, "mask", None))
+    np.testing.assert_array_equal(mask, (pred.result.all_masks[0] * 255).astype(np.uint8))
+    with pytest.raises(ValueError, match="unknown view"):
+        render_view(pred, 0, "sepia", None)
+    assert len(VIEWS) == 5
+
+
+def test_picker_formats():
+    assert parse_picker("#00ff80") == (0, 255, 128)
+    assert parse_picker("rgb(1, 2, 3)") == (1, 2, 3)
+    assert parse_picker("rgba(10.4, 20.6, 30, 0.5)") == (10, 21, 30)
+    assert parse_picker(None) == (255, 255, 255)
+    with pytest.raises(ValueError):
+        parse_picker("rgb(300, 0, 0)")
+
+
+def test_candidates_and_ambiguity():
+    result = handmade_result()
+    assert candidate_labels(result) == [("#1 IoU 0.200", 0), ("#2 IoU 0.900 (best)", 1)]
+    assert "Ambiguous" in ambiguity_text(result)  # the two candidates do not overlap
+    same = RemovalResult(result.all_masks[1], result.all_masks[[1, 1]], result.all_ious,
+                         result.rgba_image, result.image)
+    assert "agree" in ambiguity_text(same)
+
+
+def test_model_pool_loads_once_and_evicts_oldest():
+    loads: list[str] = []
+
+    def loader(name: str):
+        if name == "missing":
+            raise ModelNotFoundError("no weights for missing")
+        loads.append(name)
+        return object()
+
+    first = object()
+    pool = ModelPool(loader, first, "start", keep=2)  # type: ignore[arg-type]
+    assert pool.get("start") is first
+    a = pool.get("a")
+    assert pool.get("a") is a and loads == ["a"]
+    pool.get("b")  # evicts "start", the least recently used
+    assert pool.get("a") is a
+    pool.get("start")
+    assert loads == ["a", "b", "start"]
+    with pytest.raises(ModelNotFoundError):
+        pool.get("missing")
+
+
+def test_build_demo_lists_registry_and_initial_model(tiny_remover):
+    blocks = build_demo(tiny_remover, loader=lambda name: tiny_remover, initial_name="tiny")
+    dropdowns = [c for c in blocks.blocks.values() if type(c).__name__ == "Dropdown"]
+    assert len(dropdowns) == 1
+    choices = [value for _, value in dropdowns[0].choices]
+    assert choices[0] == "tiny" and "s3od-lite" in choices and "s3od" in choices
+    assert dropdowns[0].value == "tiny"
