@@ -65,7 +65,10 @@ def _show(rows: list[dict[str, Any]], out: Path | None, title: str) -> None:
     if not out_console.is_terminal:  # a pipe or a file: print the whole table, never squeezed
         out_console = Console(width=200)
     out_console.print(results_table(rows, title=title))
-    written = write_reports(rows, out) if out is not None else []
+    try:
+        written = write_reports(rows, out) if out is not None else []
+    except OSError as err:
+        raise fail(f"cannot write the reports to {out}: {err}") from None
     for row in rows:
         label = f"{row['model']} / {row['set']}"
         if row["error"]:
