@@ -1,8 +1,14 @@
 """s3od: salient object detection and background removal."""
 
+from typing import TYPE_CHECKING
+
 from s3od.errors import CheckpointError, InvalidImageError, ModelNotFoundError, S3ODError
-from s3od.predictor import BackgroundRemoval, RemovalResult
 from s3od.registry import ModelSpec, list_models
+from s3od.result import RemovalResult
+
+if TYPE_CHECKING:
+    from s3od.export.runtime import OnnxBackgroundRemoval
+    from s3od.predictor import BackgroundRemoval
 
 __version__ = "0.2.0"
 
@@ -14,12 +20,27 @@ def load_model(model_id=None):
     return build_from_checkpoint(resolve(model_id))
 
 
+def __getattr__(name: str):
+    """Import the predictors on first use: ``import s3od`` must not load torch or onnxruntime,
+    so the ONNX Runtime path works where PyTorch is not installed."""
+    if name == "BackgroundRemoval":
+        from s3od.predictor import BackgroundRemoval
+
+        return BackgroundRemoval
+    if name == "OnnxBackgroundRemoval":
+        from s3od.export.runtime import OnnxBackgroundRemoval
+
+        return OnnxBackgroundRemoval
+    raise AttributeError(f"module 's3od' has no attribute {name!r}")
+
+
 __all__ = [
     "BackgroundRemoval",
     "CheckpointError",
     "InvalidImageError",
     "ModelNotFoundError",
     "ModelSpec",
+    "OnnxBackgroundRemoval",
     "RemovalResult",
     "S3ODError",
     "__version__",

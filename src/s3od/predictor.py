@@ -5,73 +5,18 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
 
-from s3od import compose
 from s3od.hub import ResolvedCheckpoint, build_from_checkpoint, resolve
 from s3od.imageio import ImageInput, load_image
+from s3od.result import RemovalResult
 from s3od.transforms import preprocess, unletterbox, validate_image_size
 
 log = logging.getLogger("s3od")
-
-
-@dataclass
-class RemovalResult:
-    """What one image gives. Field names and dtypes follow the published S3OD package.
-
-    Attributes:
-        predicted_mask: ``(H, W)`` float32 in [0, 1], the candidate with the highest IoU score.
-        all_masks: ``(N, H, W)`` float32 in [0, 1], every candidate at the original size.
-        all_ious: ``(N,)`` float32, the model's predicted IoU of each candidate (sigmoid).
-        rgba_image: the input with ``predicted_mask`` as alpha (PIL, mode RGBA, size (W, H)).
-        image: the decoded input, ``(H, W, 3)`` uint8 RGB.
-        threshold: used by :meth:`binary_mask` and :meth:`crop`; the alpha stays soft.
-    """
-
-    predicted_mask: np.ndarray
-    all_masks: np.ndarray
-    all_ious: np.ndarray
-    rgba_image: Image.Image
-    image: np.ndarray
-    best_index: int = 0
-    threshold: float = 0.5
-
-    def binary_mask(self, threshold: float | None = None) -> np.ndarray:
-        """Hard ``(H, W)`` bool mask of the best candidate."""
-        return self.predicted_mask > (self.threshold if threshold is None else threshold)
-
-    def mask_image(self) -> Image.Image:
-        """The soft mask as an 8-bit greyscale image."""
-        return compose.mask_image(self.predicted_mask)
-
-    def composite(self, background: compose.Color | str | np.ndarray | Image.Image) -> Image.Image:
-        """The object over a colour (name, #hex, r,g,b) or a background image."""
-        if isinstance(background, str):
-            background = compose.parse_color(background)
-        return compose.composite(self.image, self.predicted_mask, background)
-
-    def crop(self, image: Image.Image | None = None, margin: int = 0) -> Image.Image:
-        """``image`` (default: the cut-out) cropped to the object's bounding box."""
-        return compose.crop_to_object(image or self.rgba_image, self.predicted_mask,
-                                      self.threshold, margin)
-
-    @property
-    def ambiguous(self) -> bool:
-        """True when two candidates disagree (IoU < 0.8 at 0.5), as the published demo flags."""
-        binar = self.all_masks > 0.5
-        for i in range(len(binar)):
-            for j in range(i + 1, len(binar)):
-                inter = np.logical_and(binar[i], binar[j]).sum()
-                union = np.logical_or(binar[i], binar[j]).sum()
-                if inter / (union + 1e-6) < 0.8:
-                    return True
-        return False
 
 
 def _default_device() -> torch.device:
@@ -145,10 +90,7 @@ class BackgroundRemoval:
 
     def _result(self, rgb: np.ndarray, masks: np.ndarray, ious: np.ndarray,
                 threshold: float) -> RemovalResult:
-        best = int(np.argmax(ious))
-        mask = masks[best]
-        return RemovalResult(mask, masks, ious.astype(np.float32), compose.cutout(rgb, mask),
-                             rgb, best, threshold)
+        return RemovalResult.from_candidates(rgb, masks, ious, threshold)
 
     def remove_background(self, image: ImageInput, threshold: float = 0.5) -> RemovalResult:
         """Cut out the salient object of one image (PIL, numpy, path or bytes)."""

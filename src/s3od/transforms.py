@@ -4,16 +4,23 @@ The predictor, evaluation, training and the ONNX runtime all call these function
 sees the same pixels wherever it runs. The geometry follows the published S3OD predictor
 (long side to ``image_size`` with bilinear, no antialias; symmetric zero padding to a square;
 ImageNet normalisation) but, unlike it, also handles odd padding and extreme aspect ratios.
+
+Each torch function has a numpy twin (``*_array``) for runtimes without PyTorch (ONNX Runtime).
+The twins share the geometry (:func:`letterbox_geometry`, :func:`crop_padding`), the resize taps
+and the normalisation constants with the torch path, and tests check that both agree. torch is
+imported inside the torch functions only, so ``import s3od.transforms`` does not load it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-import torch.nn.functional as F
+
+if TYPE_CHECKING:
+    import torch
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -58,24 +65,34 @@ def letterbox_geometry(height: int, width: int, size: int) -> Letterbox:
 
 def normalize(images: torch.Tensor) -> torch.Tensor:
     """uint8-range ``(B, 3, H, W)`` -> ImageNet-normalised float32."""
+    import torch
+
     mean = torch.tensor(IMAGENET_MEAN, device=images.device, dtype=torch.float32).view(1, 3, 1, 1)
     std = torch.tensor(IMAGENET_STD, device=images.device, dtype=torch.float32).view(1, 3, 1, 1)
     return (images.float() / 255.0 - mean) / std
 
 
-def _linear_taps(src: int, dst: int, device: torch.device):
-    """Source indices and 11-bit fixed-point weights of OpenCV's uint8 INTER_LINEAR resize."""
-    pos = ((torch.arange(dst, dtype=torch.float64, device=device) + 0.5) * (src / dst) - 0.5)
-    pos = pos.to(torch.float32)
-    i0 = torch.floor(pos)
+def normalize_array(images: np.ndarray) -> np.ndarray:
+    """numpy twin of :func:`normalize`: uint8-range ``(B, 3, H, W)`` -> normalised float32."""
+    mean = np.asarray(IMAGENET_MEAN, np.float32).reshape(1, 3, 1, 1)
+    std = np.asarray(IMAGENET_STD, np.float32).reshape(1, 3, 1, 1)
+    return (images.astype(np.float32) / np.float32(255.0) - mean) / std
+
+
+def _linear_taps(src: int, dst: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Source indices and 11-bit fixed-point weights of OpenCV's uint8 INTER_LINEAR resize.
+
+    Computed once in numpy for both resize implementations, so they cannot drift apart.
+    """
+    pos = ((np.arange(dst, dtype=np.float64) + 0.5) * (src / dst) - 0.5).astype(np.float32)
+    i0 = np.floor(pos)
     frac = pos - i0
-    i0 = i0.long()
-    clamp = (i0 < 0) | (i0 >= src - 1)
-    frac[clamp] = 0.0
-    i0 = i0.clamp(0, src - 1)
-    i1 = (i0 + 1).clamp(max=src - 1)
-    w0 = torch.round((1.0 - frac) * 2048).int()
-    w1 = torch.round(frac * 2048).int()
+    i0 = i0.astype(np.int64)
+    frac[(i0 < 0) | (i0 >= src - 1)] = 0.0
+    i0 = np.clip(i0, 0, src - 1)
+    i1 = np.minimum(i0 + 1, src - 1)
+    w0 = np.rint((np.float32(1.0) - frac) * np.float32(2048)).astype(np.int32)
+    w1 = np.rint(frac * np.float32(2048)).astype(np.int32)
     return i0, i1, w0, w1
 
 
@@ -86,8 +103,12 @@ def resize_uint8_linear(image: torch.Tensor, height: int, width: int) -> torch.T
     weights, rows then columns) keeps our masks identical to the published ones without making
     OpenCV a dependency. Integer maths only, so it is exact on every device.
     """
-    x0, x1, a0, a1 = _linear_taps(image.shape[1], width, image.device)
-    y0, y1, b0, b1 = _linear_taps(image.shape[0], height, image.device)
+    import torch
+
+    x0, x1, a0, a1 = (torch.from_numpy(t).to(image.device)
+                      for t in _linear_taps(image.shape[1], width))
+    y0, y1, b0, b1 = (torch.from_numpy(t).to(image.device)
+                      for t in _linear_taps(image.shape[0], height))
     # Gather columns before widening to int32: no full-resolution int32 copy of a large photo.
     rows = (image[:, x0].to(torch.int32) * a0[None, :, None]
             + image[:, x1].to(torch.int32) * a1[None, :, None])
@@ -96,8 +117,22 @@ def resize_uint8_linear(image: torch.Tensor, height: int, width: int) -> torch.T
     return ((out + 2) >> 2).clamp_(0, 255).to(torch.uint8)
 
 
+def resize_uint8_linear_array(image: np.ndarray, height: int, width: int) -> np.ndarray:
+    """numpy twin of :func:`resize_uint8_linear` (same taps, same integer maths)."""
+    x0, x1, a0, a1 = _linear_taps(image.shape[1], width)
+    y0, y1, b0, b1 = _linear_taps(image.shape[0], height)
+    rows = (image[:, x0].astype(np.int32) * a0[None, :, None]
+            + image[:, x1].astype(np.int32) * a1[None, :, None])
+    top, bottom = rows[y0] >> 4, rows[y1] >> 4
+    out = ((top * b0[:, None, None]) >> 16) + ((bottom * b1[:, None, None]) >> 16)
+    return np.clip((out + 2) >> 2, 0, 255).astype(np.uint8)
+
+
 def letterbox_image(image: np.ndarray | torch.Tensor, size: int) -> tuple[torch.Tensor, Letterbox]:
     """HxWx3 uint8 RGB -> ``(3, size, size)`` float tensor in the 0..255 range, and its geometry."""
+    import torch
+    import torch.nn.functional as F
+
     t = torch.as_tensor(image)
     if t.ndim != 3 or t.shape[2] != 3:
         raise ValueError(f"expected an HxWx3 RGB image, got shape {tuple(t.shape)}")
@@ -108,10 +143,25 @@ def letterbox_image(image: np.ndarray | torch.Tensor, size: int) -> tuple[torch.
     return F.pad(chw, (box.left, box.right, box.top, box.bottom), value=0.0), box
 
 
+def letterbox_array(image: np.ndarray, size: int) -> tuple[np.ndarray, Letterbox]:
+    """numpy twin of :func:`letterbox_image`: ``(3, size, size)`` float32 in 0..255, geometry."""
+    if image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f"expected an HxWx3 RGB image, got shape {tuple(image.shape)}")
+    image = np.require(image, np.uint8, ["C"])
+    box = letterbox_geometry(int(image.shape[0]), int(image.shape[1]), size)
+    if (box.resized_height, box.resized_width) != (box.height, box.width):
+        image = resize_uint8_linear_array(image, box.resized_height, box.resized_width)
+    out = np.zeros((3, size, size), np.float32)
+    out[:, box.top:size - box.bottom, box.left:size - box.right] = image.transpose(2, 0, 1)
+    return out, box
+
+
 def preprocess(
     images: Sequence[np.ndarray], size: int, device: torch.device | str = "cpu"
 ) -> tuple[torch.Tensor, list[Letterbox]]:
     """A batch of HxWx3 uint8 images -> normalised ``(B, 3, size, size)`` and their geometry."""
+    import torch
+
     tensors, boxes = [], []
     for image in images:
         t, box = letterbox_image(
@@ -121,10 +171,19 @@ def preprocess(
     return normalize(torch.stack(tensors)), boxes
 
 
+def preprocess_arrays(
+    images: Sequence[np.ndarray], size: int
+) -> tuple[np.ndarray, list[Letterbox]]:
+    """numpy twin of :func:`preprocess`: normalised ``(B, 3, size, size)`` float32 + geometry."""
+    padded, boxes = zip(*(letterbox_array(image, size) for image in images), strict=True)
+    return normalize_array(np.stack(padded)), list(boxes)
+
+
 def crop_padding(probs: torch.Tensor, box: Letterbox) -> torch.Tensor:
     """``(..., S', S')`` network output -> the image's part of it, still at network resolution.
 
-    Callers that upsample the mask themselves (edge refinement, very large images) start here.
+    Works on numpy arrays as well (shape and slicing only). Callers that upsample the mask
+    themselves (edge refinement, very large images) start here.
     """
     s_h, s_w = probs.shape[-2:]
     sy, sx = s_h / box.size, s_w / box.size
@@ -138,8 +197,28 @@ def unletterbox(probs: torch.Tensor, box: Letterbox) -> torch.Tensor:
 
     ``S'`` may differ from ``box.size`` (a ViT rounds down to its patch size); the crop is scaled.
     """
+    import torch.nn.functional as F
+
     cropped = crop_padding(probs, box)
     if tuple(cropped.shape[-2:]) == (box.height, box.width):
         return cropped
     return F.interpolate(cropped.unsqueeze(0).float(), size=(box.height, box.width),
                          mode="bilinear", align_corners=False, antialias=True)[0]
+
+
+def unletterbox_array(probs: np.ndarray, box: Letterbox) -> np.ndarray:
+    """numpy twin of :func:`unletterbox`: ``(N, S', S')`` -> ``(N, H, W)`` float32.
+
+    The resize is Pillow's antialiased bilinear on float images, the filter torch's
+    ``antialias=True`` reproduces; the two agree to float32 rounding.
+    """
+    from PIL import Image
+
+    cropped = crop_padding(probs, box)
+    if tuple(cropped.shape[-2:]) == (box.height, box.width):
+        return np.ascontiguousarray(cropped, np.float32)
+    return np.stack([
+        np.asarray(Image.fromarray(np.ascontiguousarray(m, np.float32)).resize(
+            (box.width, box.height), Image.Resampling.BILINEAR), np.float32)
+        for m in cropped
+    ])
