@@ -149,6 +149,7 @@ def prompts(config_path: str = CONFIG_PATH, overrides: list[str] | None = OVERRI
     _setup_logging()
     with _Step():
         cfg = GenerationConfig.from_yaml(config_path, overrides or [])
+        cfg.check_paths(need_model=False, need_teacher=False)
         shard = _shard(num_shards, shard_index, max_tasks or cfg.max_tasks)
         client = make_client(cfg.llm_backend, cfg.llm_model, cfg.llm_base_url)
         manifest = generate_prompts(select_classes(cfg), cfg.save_path, client,

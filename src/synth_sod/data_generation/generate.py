@@ -23,7 +23,7 @@ from s3od.imageio import save_image_atomic
 from synth_sod.data_generation.configs import build_config, load_mapping
 from synth_sod.data_generation.features import save_feature_file
 from synth_sod.data_generation.flux import GENERATION_RESOLUTIONS, FluxProbe, load_pipeline
-from synth_sod.data_generation.llm import ChatClient, make_client
+from synth_sod.data_generation.llm import ChatClient, LLMError, make_client
 from synth_sod.data_generation.prompts import (
     ClassInfo,
     PromptEnhancer,
@@ -88,6 +88,20 @@ class GenerationConfig:
                   ) -> GenerationConfig:
         return build_config(cls, load_mapping(path, overrides), str(path))
 
+    def check_paths(self, need_model: bool = True, need_teacher: bool = True) -> None:
+        """Fail before any work when a configured path is missing (e.g. the shipped
+        placeholders), instead of creating folders under a placeholder name."""
+        model = str(self.model_path)
+        if need_model and (model.count("/") != 1 or Path(model).exists()) and not (
+                Path(model) / "model_index.json").is_file():
+            raise PipelineError(f"model_path: no FLUX pipeline (model_index.json) at {model!r}; "
+                                "edit the config")
+        if need_teacher and not Path(self.teacher_checkpoint_path).is_file():
+            raise PipelineError(f"teacher_checkpoint_path: no file at "
+                                f"{self.teacher_checkpoint_path!r}; edit the config")
+        if self.class_weights_path and not Path(self.class_weights_path).is_file():
+            raise PipelineError(f"class_weights_path: no file at {self.class_weights_path!r}")
+
     def resolution_table(self) -> list[tuple[int, int]]:
         table = [tuple(map(int, r)) for r in self.resolutions] if self.resolutions else list(
             GENERATION_RESOLUTIONS)
@@ -131,6 +145,7 @@ def run_generation(cfg: GenerationConfig, shard: Shard | None = None, *, pipe: A
     """Generate this shard's samples. ``pipe``/``teacher``/``client`` may be given (tests);
     otherwise they are loaded from the config only when there is work left."""
     shard = shard or Shard()
+    cfg.check_paths(need_model=pipe is None, need_teacher=teacher is None)
     save_path = Path(cfg.save_path)
     classes = select_classes(cfg)
     weights = load_class_weights(cfg.class_weights_path)
@@ -150,6 +165,9 @@ def run_generation(cfg: GenerationConfig, shard: Shard | None = None, *, pipe: A
         try:
             prompts = ensure_prompts(cls, prompts_file, count, llm,
                                      use_all_existing=cfg.use_all_existing_prompts)
+        except LLMError:
+            manifest.close()
+            raise
         except PipelineError as err:
             manifest.fail(cls.folder, err)
             log.warning("no prompts for %s: %s", cls.folder, err)
