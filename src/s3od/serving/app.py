@@ -45,6 +45,12 @@ if TYPE_CHECKING:
 log = logging.getLogger("s3od.serving")
 T = TypeVar("T")
 
+# Both stay lossless. On CPU, Pillow's default effort costs about as much as a small model's
+# forward pass; these are ~5x (PNG, +5% bytes) and ~20x (WebP, +13%) faster
+# (benchmarks/serve_encode.py).
+PNG_FAST = {"compress_level": 1}
+WEBP_FAST = {"lossless": True, "method": 0, "quality": 0}
+
 _IMAGE_BODY = {
     "required": True,
     "content": {
@@ -356,8 +362,8 @@ def _render(result: RemovalResult, mask_only: bool, color: compose.Color | None,
     if crop:
         image = result.crop(image)
     if fmt == "webp":
-        return encode_image(image, "WEBP", lossless=True)
-    return encode_image(image, "PNG")
+        return encode_image(image, "WEBP", **WEBP_FAST)
+    return encode_image(image, "PNG", **PNG_FAST)
 
 
 def _masks_body(result: RemovalResult, model: str) -> MasksResponse:
@@ -372,7 +378,7 @@ def _masks_body(result: RemovalResult, model: str) -> MasksResponse:
 
 
 def _png(mask: np.ndarray) -> bytes:
-    return encode_image(compose.mask_image(mask), "PNG")
+    return encode_image(compose.mask_image(mask), "PNG", **PNG_FAST)
 
 
 def _version() -> str:
