@@ -15,3 +15,11 @@ class ModelNotFoundError(S3ODError, FileNotFoundError):
 
 class CheckpointError(S3ODError, ValueError):
     """A checkpoint was found but its contents do not fit the architecture."""
+
+
+class MissingDependencyError(S3ODError, ImportError):
+    """An optional feature needs an extra that is not installed; the message says which."""
+
+
+class InvalidVideoError(S3ODError, ValueError):
+    """A video could not be opened, decoded or written in the requested format."""

@@ -6,7 +6,7 @@ import logging
 import os
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -14,7 +14,10 @@ import torch
 from s3od.hub import ResolvedCheckpoint, build_from_checkpoint, resolve
 from s3od.imageio import ImageInput, load_image
 from s3od.result import RemovalResult
-from s3od.transforms import preprocess, unletterbox, validate_image_size
+from s3od.transforms import crop_padding, preprocess, unletterbox, validate_image_size
+
+if TYPE_CHECKING:
+    from s3od.refine import Postprocess, RefineConfig
 
 log = logging.getLogger("s3od")
 
@@ -77,12 +80,21 @@ class BackgroundRemoval:
     # ------------------------------------------------------------------ core
 
     @torch.inference_mode()
-    def predict_arrays(self, images: Sequence[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
-        """One forward pass over RGB uint8 arrays -> ``[(all_masks (N,H,W), ious (N,))]``."""
+    def predict_arrays(self, images: Sequence[np.ndarray], *, full_resolution: bool = True
+                       ) -> list[tuple[np.ndarray, np.ndarray]]:
+        """One forward pass over RGB uint8 arrays -> ``[(all_masks (N,H,W), ious (N,))]``.
+
+        ``full_resolution=False`` skips the resize to ``(H, W)``: the masks stay at the network's
+        resolution with the padding cut off (``(N, h, w)``, the image's aspect), for callers that
+        upsample in tiles themselves (edge refinement, very large photos).
+        """
         batch, boxes = preprocess(images, self.image_size, self.device)
         out = self.model(batch)
         probs = torch.sigmoid(out["pred_masks"].float())
         ious = torch.sigmoid(out["pred_iou"].float()).cpu().numpy()
+        if not full_resolution:
+            return [(crop_padding(probs[i], box).cpu().numpy().astype(np.float32), ious[i])
+                    for i, box in enumerate(boxes)]
         return [
             (unletterbox(probs[i], box).cpu().numpy().astype(np.float32, copy=False), ious[i])
             for i, box in enumerate(boxes)
@@ -92,38 +104,73 @@ class BackgroundRemoval:
                 threshold: float) -> RemovalResult:
         return RemovalResult.from_candidates(rgb, masks, ious, threshold)
 
-    def remove_background(self, image: ImageInput, threshold: float = 0.5) -> RemovalResult:
-        """Cut out the salient object of one image (PIL, numpy, path or bytes)."""
+    def remove_background(self, image: ImageInput, threshold: float = 0.5, *,
+                          refine: str | RefineConfig = "none", fg_estimate: bool = False,
+                          full_size_candidates: bool = True) -> RemovalResult:
+        """Cut out the salient object of one image (PIL, numpy, path or bytes).
+
+        Args:
+            refine: ``"none"`` (as published), ``"guided"`` or ``"matting"`` edges, or a
+                :class:`s3od.refine.RefineConfig`; see docs/edges-video.md.
+            fg_estimate: replace the colour of semi-transparent pixels of ``rgba_image`` by the
+                estimated foreground, so no halo of the old background remains (pymatting).
+            full_size_candidates: ``False`` leaves ``all_masks`` at the network's resolution,
+                saving ``4 x (N - 1)`` bytes per pixel on very large photos.
+        """
         rgb = load_image(image)
-        masks, ious = self.predict_arrays([rgb])[0]
-        return self._result(rgb, masks, ious, threshold)
+        post = _postprocess(refine, fg_estimate, full_size_candidates)
+        return next(self._flush([rgb], threshold, post))
 
     def iter_remove_backgrounds(self, images: Iterable[ImageInput], batch_size: int = 4,
-                                threshold: float = 0.5) -> Iterator[RemovalResult]:
+                                threshold: float = 0.5, *, refine: str | RefineConfig = "none",
+                                fg_estimate: bool = False, full_size_candidates: bool = True
+                                ) -> Iterator[RemovalResult]:
         """Lazily process a stream of images, one forward pass per ``batch_size`` images."""
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        post = _postprocess(refine, fg_estimate, full_size_candidates)
         pending: list[np.ndarray] = []
         for image in images:
             pending.append(load_image(image))
             if len(pending) == batch_size:
-                yield from self._flush(pending, threshold)
+                yield from self._flush(pending, threshold, post)
                 pending = []
         if pending:
-            yield from self._flush(pending, threshold)
+            yield from self._flush(pending, threshold, post)
 
-    def _flush(self, rgbs: list[np.ndarray], threshold: float) -> Iterator[RemovalResult]:
-        for rgb, (masks, ious) in zip(rgbs, self.predict_arrays(rgbs), strict=True):
-            yield self._result(rgb, masks, ious, threshold)
+    def _flush(self, rgbs: list[np.ndarray], threshold: float,
+               post: Postprocess | None = None) -> Iterator[RemovalResult]:
+        if post is None:
+            for rgb, (masks, ious) in zip(rgbs, self.predict_arrays(rgbs), strict=True):
+                yield self._result(rgb, masks, ious, threshold)
+            return
+        predictions = self.predict_arrays(rgbs, full_resolution=not post.needs_low_res)
+        for rgb, (masks, ious) in zip(rgbs, predictions, strict=True):
+            yield RemovalResult(**post.finish(rgb, masks, ious), threshold=threshold)
 
     def remove_backgrounds(self, images: Iterable[ImageInput], batch_size: int = 4,
-                           threshold: float = 0.5) -> list[RemovalResult]:
-        """Process many images, one forward pass per batch."""
-        return list(self.iter_remove_backgrounds(images, batch_size, threshold))
+                           threshold: float = 0.5, *, refine: str | RefineConfig = "none",
+                           fg_estimate: bool = False, full_size_candidates: bool = True
+                           ) -> list[RemovalResult]:
+        """Process many images, one forward pass per batch (options as in
+        :meth:`remove_background`)."""
+        return list(self.iter_remove_backgrounds(
+            images, batch_size, threshold, refine=refine, fg_estimate=fg_estimate,
+            full_size_candidates=full_size_candidates))
 
     def __repr__(self) -> str:
         return (f"BackgroundRemoval(model={self.model_name!r}, image_size={self.image_size}, "
                 f"device='{self.device}')")
+
+
+def _postprocess(refine: str | RefineConfig, fg_estimate: bool,
+                 full_size_candidates: bool) -> Postprocess | None:
+    """``None`` (the published path, untouched) unless an edge or memory option is set."""
+    if isinstance(refine, str) and refine == "none" and not fg_estimate and full_size_candidates:
+        return None
+    from s3od.refine import postprocess
+
+    return postprocess(refine, fg_estimate, full_size_candidates)
 
 
 def save_result(result: RemovalResult, path: str | Path, **kwargs: Any) -> Path:

@@ -91,8 +91,10 @@ def downsample_area(image: np.ndarray, height: int, width: int) -> np.ndarray:
     band = max(1, (1 << 20) // max(1, src_w * k))   # block-rows per step: ~1 M input pixels
     for start in range(0, mid_h, band):
         stop = min(mid_h, start + band)
-        block = image[start * k:stop * k, :mid_w * k].astype(np.float32)
-        mid[start:stop] = block.reshape(stop - start, k, mid_w, k, *extra).mean(axis=(1, 3))
+        block = torch.from_numpy(np.array(image[start * k:stop * k, :mid_w * k]))
+        block = block.reshape(block.shape[0], block.shape[1], -1).permute(2, 0, 1)[None].float()
+        pooled = F.avg_pool2d(block, k)[0].permute(1, 2, 0).numpy()
+        mid[start:stop] = pooled.reshape(stop - start, mid_w, *extra)
     t = torch.from_numpy(mid.reshape(mid_h, mid_w, -1)).permute(2, 0, 1)[None]
     pooled = F.adaptive_avg_pool2d(t, (height, width))[0].permute(1, 2, 0).numpy()
     return np.ascontiguousarray(pooled.reshape(height, width, *extra))
