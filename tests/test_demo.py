@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -104,3 +108,11 @@ def test_build_demo_lists_registry_and_initial_model(tiny_remover):
     choices = [value for _, value in dropdowns[0].choices]
     assert choices[0] == "tiny" and "s3od-lite" in choices and "s3od" in choices
     assert dropdowns[0].value == "tiny"
+
+
+def test_cli_demo_with_missing_model_fails_cleanly(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "s3od.cli", "demo", "--model",
+                           str(tmp_path / "nope.safetensors")], capture_output=True, timeout=180,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    err = proc.stderr.decode()
+    assert proc.returncode != 0 and "cannot resolve model" in err and "Traceback" not in err

@@ -382,6 +382,8 @@ def test_settings_from_env():
         ServerSettings.from_env({"S3OD_MAX_BATCH": "0"})
     with pytest.raises(ValidationError):
         ServerSettings.from_env({"S3OD_MAX_BACTH": "2"}, max_bacth=2)
+    with pytest.raises(ValidationError, match="max_concurrency"):
+        ServerSettings(max_batch=8, max_concurrency=4)
 
 
 def _free_port() -> int:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 ENV_PREFIX = "S3OD_"
 
@@ -53,6 +53,14 @@ class ServerSettings(BaseModel):
     @classmethod
     def _empty_key_is_none(cls, value: object) -> object:
         return None if value == "" else value
+
+    @model_validator(mode="after")
+    def _batch_fits_admission(self) -> ServerSettings:
+        # Only max_concurrency requests reach the batcher at once, so a larger batch never fills.
+        if self.max_batch > self.max_concurrency:
+            raise ValueError(f"max_batch ({self.max_batch}) cannot exceed max_concurrency "
+                             f"({self.max_concurrency}): raise --max-concurrency too")
+        return self
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> ServerSettings:
