@@ -3,7 +3,7 @@
 A config is a flat YAML mapping read into a dataclass. Unknown keys are an error that lists the
 valid ones (a typo must not silently fall back to a default). ``key=value`` overrides (the
 published filtering entry point took Hydra-style overrides) are applied with OmegaConf's
-dot-list parser, so ``filters.0.iou_threshold=0.8`` works too.
+``OmegaConf.update``, so ``filters.0.iou_threshold=0.8`` works too.
 """
 
 from __future__ import annotations
@@ -50,10 +50,12 @@ def load_mapping(path: str | os.PathLike, overrides: Sequence[str] = ()) -> dict
         if bad:
             raise PipelineError(f"overrides must look like key=value, got {bad}")
         try:
-            merged = OmegaConf.merge(OmegaConf.create(data),
-                                     OmegaConf.from_dotlist(list(overrides)))
-            data = OmegaConf.to_container(merged, resolve=True)  # type: ignore[assignment]
-        except OmegaConfBaseException as err:
+            conf = OmegaConf.create(data)
+            for item in overrides:
+                key, value = item.split("=", 1)
+                OmegaConf.update(conf, key.strip(), yaml.safe_load(value), merge=True)
+            data = OmegaConf.to_container(conf, resolve=True)  # type: ignore[assignment]
+        except (OmegaConfBaseException, yaml.YAMLError) as err:
             raise PipelineError(f"bad override: {err}") from None
     return data
 

@@ -92,7 +92,7 @@ def predict_mask(teacher: torch.nn.Module, image: np.ndarray, features: list[tor
     """
     device = next((p.device for p in teacher.parameters()), None) or next(
         (b.device for b in teacher.buffers()), torch.device("cpu"))
-    chw = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].to(device)
+    chw = torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1)[None].to(device)
     feats = [f[index:index + 1].to(device, torch.float32) for f in features]
     concept = {k: v[index:index + 1].to(device, torch.float32)
                for k, v in maps.as_teacher_input().items()}

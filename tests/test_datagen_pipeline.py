@@ -1,0 +1,266 @@
+"""Steps 3, 4, 5 and 7 end to end on a tiny FLUX (CPU, no download): files, shapes, metadata,
+resume after an interruption, parquet readable by ``datasets``; plus the published commands."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+pytest.importorskip("diffusers")
+pytest.importorskip("datasets")
+
+from synth_sod.data_generation.features import extract_real_features
+from synth_sod.data_generation.filtering import FilteringConfig, run_filtering
+from synth_sod.data_generation.filters import HorizontalFlipConsistencyFilter
+from synth_sod.data_generation.generate import GenerationConfig, run_generation, sample_seed
+from synth_sod.data_generation.sharding import Shard
+from tests.conftest import REPO, SAMPLES
+from tests.datagen_tiny import TinyTeacher, build_tiny_flux, save_tiny_flux
+
+PACKAGE = REPO / "src" / "synth_sod" / "data_generation"
+TABLE = [[64, 64], [96, 64]]
+CLASSES = ["goldfish", "tench"]
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    torch.set_num_threads(2)
+    return build_tiny_flux()
+
+
+def gen_config(tmp: Path, **kw) -> GenerationConfig:
+    base = dict(model_path=str(tmp / "flux"), teacher_checkpoint_path=str(tmp / "teacher"),
+                save_path=str(tmp / "gen"), num_inference_steps=3, num_prompts=1,
+                resolutions=TABLE, concept_layers=[0, 1], concept_steps=[-2, -1],
+                feature_blocks=[0, 1, 2, 0], feature_dim=8, classes=CLASSES, dtype="float32",
+                llm_backend="")
+    base.update(kw)
+    return GenerationConfig(**base)
+
+
+def write_prompts(save: Path) -> dict[str, str]:
+    prompts = {"goldfish": "a goldfish in a glass bowl", "tench": "a tench on a wooden table"}
+    for folder, text in prompts.items():
+        (save / folder).mkdir(parents=True, exist_ok=True)
+        (save / folder / "prompts.txt").write_text(text + "\n")
+    return prompts
+
+
+class Interrupting(TinyTeacher):
+    """Raises KeyboardInterrupt on the n-th call, like Ctrl-C or a preempted job."""
+
+    def __init__(self, at: int) -> None:
+        super().__init__()
+        self.at = at
+
+    def forward(self, *args):
+        if len(self.calls) + 1 == self.at:
+            raise KeyboardInterrupt
+        return super().forward(*args)
+
+
+@pytest.fixture(scope="module")
+def generated(pipe, tmp_path_factory):
+    """Two samples generated with an interruption after the first, then resumed."""
+    tmp = tmp_path_factory.mktemp("gen")
+    prompts = write_prompts(tmp / "gen")
+    cfg = gen_config(tmp)
+    torch.manual_seed(0)
+    with pytest.raises(KeyboardInterrupt):
+        run_generation(cfg, pipe=pipe, teacher=Interrupting(at=2))
+    after_interrupt = sorted(p.name for p in (tmp / "gen").rglob("*") if p.is_file())
+    torch.manual_seed(0)
+    teacher = TinyTeacher()
+    manifest = run_generation(cfg, pipe=pipe, teacher=teacher)
+    return tmp, cfg, prompts, after_interrupt, manifest, teacher
+
+
+def test_generation_files_metadata_and_resume(generated):
+    tmp, cfg, prompts, after_interrupt, manifest, teacher = generated
+    assert not [n for n in after_interrupt if n.endswith(".part")]
+    assert sum(n.endswith(".json") and n[0].isdigit() for n in after_interrupt) == 1
+    assert (manifest.done, manifest.skipped, manifest.failed) == (1, 1, [])
+    assert len(teacher.calls) == 1  # only the missing sample was generated again
+    for folder in CLASSES:
+        base = tmp / "gen" / folder
+        meta = json.loads((base / "metadata" / "0.json").read_text())
+        image = Image.open(base / "images" / "0.jpg")
+        mask = Image.open(base / "masks" / "0.png")
+        assert meta["id"] == f"{folder}_0" and meta["category"] == folder
+        assert meta["seed"] == sample_seed(cfg.seed, folder, 0)
+        assert meta["caption"].startswith(prompts[folder].rstrip("."))
+        assert meta["prompt"] == prompts[folder]
+        assert [meta["width"], meta["height"]] in TABLE
+        assert image.size == (meta["width"], meta["height"]) and image.mode == "RGB"
+        assert mask.size == image.size and mask.mode == "L"
+        assert meta["concept_maps_averaged"] == 2 * 2
+        assert meta["model"] == "flux"
+    call = teacher.calls[0]
+    h, w = call["images"][2] // 16, call["images"][3] // 16
+    assert call["features"] == [(1, h * w, 8)] * 4
+    assert call["maps"] == {"category": (1, h, w), "background": (1, h, w)}
+    files = sorted(str(p.relative_to(tmp / "gen")) for p in (tmp / "gen").rglob("*.jpg"))
+    assert files == ["goldfish/images/0.jpg", "tench/images/0.jpg"]
+
+
+def test_filtering_rejections_fail_cases_and_resume(generated, tmp_path):
+    from s3od.imageio import load_image
+
+    tmp = generated[0]
+    calls = []
+    truth = {}  # student answers keyed by image content: agree on goldfish, invert on tench
+    for folder in CLASSES:
+        rgb = load_image(tmp / "gen" / folder / "images" / "0.jpg")
+        mask = np.asarray(Image.open(tmp / "gen" / folder / "masks" / "0.png")) / 255.0
+        answer = mask if folder == "goldfish" else 1.0 - mask
+        truth[rgb.tobytes()] = answer
+        truth[np.ascontiguousarray(rgb[:, ::-1]).tobytes()] = answer[:, ::-1]
+
+    def predictor(images):
+        calls.append(len(images))
+        return [truth[im.tobytes()] for im in images]
+
+    flt = HorizontalFlipConsistencyFilter(predictor=predictor, iou_threshold=0.5)
+    cfg = FilteringConfig(input_path=str(tmp / "gen"), output_path=str(tmp_path / "out"),
+                          save_fail_cases=True)
+    manifest = run_filtering(cfg, filters=[flt])
+    out = tmp_path / "out"
+    kept = sorted(p.stem for p in (out / "images").glob("*.jpg"))
+    rejected = [json.loads(line) for line in
+                (out / "rejections" / "shard-00000-of-00001.jsonl").read_text().splitlines()]
+    assert kept == ["goldfish_0"]
+    assert [r["id"] for r in rejected] == ["tench_0"]
+    for r in rejected:
+        assert r["filter"] == "flip_consistency" and r["score"] == 0.0
+        assert (out / "fail_cases" / "flip_consistency" / f"{r['id']}.jpg").is_file()
+    for sid in kept:
+        meta = json.loads((out / "metadata" / f"{sid}.json").read_text())
+        assert meta["id"] == sid and meta["caption"]
+    assert manifest.done == 2
+    again = run_filtering(cfg, filters=[flt])
+    assert (again.done, again.skipped) == (0, 2) and len(calls) == 2
+
+
+def test_export_parquet_read_by_datasets(generated, tmp_path):
+    import datasets
+
+    from synth_sod.data_generation.export import export_parquet
+
+    tmp = generated[0]
+    first = export_parquet(tmp / "gen", tmp_path / "ds", rows_per_file=1, shard=Shard(0, 2))
+    second = export_parquet(tmp / "gen", tmp_path / "ds", rows_per_file=1, shard=Shard(1, 2))
+    rerun = export_parquet(tmp / "gen", tmp_path / "ds", rows_per_file=1, shard=Shard(1, 2))
+    assert (first.done, second.done, rerun.done, rerun.skipped) == (1, 1, 0, 1)
+    files = sorted(str(p) for p in (tmp_path / "ds" / "data").glob("*.parquet"))
+    assert [Path(f).name for f in files] == ["train-00000-of-00002.parquet",
+                                             "train-00001-of-00002.parquet"]
+    ds = datasets.load_dataset("parquet", data_files=files, split="train")
+    assert ds.column_names == ["image", "mask", "caption", "category", "id"]
+    assert sorted(ds["id"]) == ["goldfish_0", "tench_0"]
+    for row in ds:
+        folder = row["category"]
+        meta = json.loads((tmp / "gen" / folder / "metadata" / "0.json").read_text())
+        assert row["caption"] == meta["caption"]
+        assert isinstance(row["image"], Image.Image) and row["image"].mode == "RGB"
+        assert row["mask"].size == row["image"].size
+        on_disk = np.asarray(Image.open(tmp / "gen" / folder / "masks" / "0.png"))
+        np.testing.assert_array_equal(np.asarray(row["mask"]), on_disk)
+
+
+def test_training_hf_source_reads_the_export(generated, tmp_path):
+    data = pytest.importorskip("synth_sod.model_training.data")
+    from synth_sod.data_generation.export import export_parquet
+
+    export_parquet(generated[0] / "gen", tmp_path / "ds")
+    source = data.load_hf_source(str(tmp_path / "ds"))
+    image, mask = source.load(0)
+    assert image.ndim == 3 and mask.shape == image.shape[:2]
+
+
+def test_features_on_real_images_with_resume(pipe, tmp_path):
+    from diffusers import FluxImg2ImgPipeline
+
+    img2img = FluxImg2ImgPipeline(**pipe.components)
+    img2img.set_progress_bar_config(disable=True)
+    root = tmp_path / "SAMPLES" / "images"
+    root.mkdir(parents=True)
+    paths = []
+    for src in sorted(SAMPLES.glob("*.jpg"))[:2]:
+        Image.open(src).convert("RGB").resize((80, 60)).save(root / src.name)
+        paths.append(str(root / src.name))
+    (tmp_path / "captions.json").write_text(json.dumps(
+        [{"image_path": p, "caption": "a photo of an object"} for p in paths]))
+    (tmp_path / "tags.json").write_text(json.dumps(
+        [{"image_path": p, "tag": "cat"} for p in paths]))
+    kwargs = dict(pipe=img2img, feature_blocks=[0, 1, 2, 2], concept_layers=[0, 1],
+                  feature_dim=8, resolutions=[(64, 64), (96, 64), (64, 96)])
+    manifest = extract_real_features(tmp_path / "captions.json", tmp_path / "tags.json",
+                                     tmp_path / "feats", None, **kwargs)
+    assert (manifest.done, manifest.failed) == (2, [])
+    for p in paths:
+        npz = np.load(tmp_path / "feats" / "features" / f"SAMPLES_{Path(p).stem}.npz")
+        assert sorted(npz.files) == ["background", "category", "image_resolution", "layer_0",
+                                     "layer_1", "layer_2", "layer_3"]
+        assert npz["image_resolution"].tolist() == [64, 96]  # 80x60 -> closest 96x64 (W, H)
+        assert npz["category"].shape == (4, 6) and npz["category"].dtype == np.float32
+        assert npz["layer_0"].shape == (24, 8) and npz["layer_0"].dtype == np.float16
+        both = np.stack([npz["category"], npz["background"]])
+        assert both.min() == 0.0 and both.max() == 1.0
+    record = manifest.items[0]
+    assert record["processed_size"] == [96, 64] and record["original_size"] == [80, 60]
+    again = extract_real_features(tmp_path / "captions.json", tmp_path / "tags.json",
+                                  tmp_path / "feats", None, **kwargs)
+    assert (again.done, again.skipped) == (0, 2)
+
+
+def _run(args: list[str], cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
+    env = {**os.environ, "S3OD_NO_PROGRESS": "1", "OMP_NUM_THREADS": "2"}
+    return subprocess.run([sys.executable, *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def test_published_generate_command_verbatim(tmp_path):
+    """``python generate_train_images.py --config_path generation_config.yaml`` (README)."""
+    from s3od.hub import save_checkpoint
+
+    save_tiny_flux(tmp_path / "flux")
+    save_checkpoint({"scale": torch.tensor(8.0), "bias": torch.tensor(0.0)},
+                    tmp_path / "teacher.safetensors", "concept_map", {})
+    write_prompts(tmp_path / "gen")
+    cfg = {k: v for k, v in vars(gen_config(tmp_path)).items()}
+    cfg.update(teacher_checkpoint_path=str(tmp_path / "teacher.safetensors"),
+               classes=["goldfish"])
+    import yaml
+
+    (tmp_path / "generation_config.yaml").write_text(yaml.safe_dump(cfg))
+    script = PACKAGE / "flux_finetune" / "generate_train_images.py"
+    done = _run([str(script), "--config_path", "generation_config.yaml"], tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert (tmp_path / "gen" / "goldfish" / "metadata" / "0.json").is_file()
+    mask = np.asarray(Image.open(tmp_path / "gen" / "goldfish" / "masks" / "0.png"))
+    assert mask.dtype == np.uint8 and mask.ndim == 2
+
+
+def test_shipped_config_placeholders_fail_cleanly(tmp_path):
+    from typer.testing import CliRunner
+
+    from synth_sod.data_generation.cli import app
+
+    result = CliRunner().invoke(app, ["generate", "--config_path", "generation_config.yaml"])
+    assert result.exit_code == 2
+    assert "model_path" in result.output and "Traceback" not in result.output
+    result = CliRunner().invoke(app, ["filter", "--config_path", "filtering_config.yaml",
+                                      f"input_path={tmp_path / 'missing'}"])
+    assert result.exit_code == 2 and "input folder not found" in result.output
+    result = CliRunner().invoke(app, ["generate", "--config_path", "generation_config.yaml",
+                                      "num_steps=3"])
+    assert result.exit_code == 2 and "unknown setting" in result.output
+    assert not Path("path").exists()
