@@ -14,6 +14,7 @@ import torch
 from s3od.hub import ResolvedCheckpoint, build_from_checkpoint, resolve
 from s3od.imageio import ImageInput, load_image
 from s3od.result import RemovalResult
+from s3od.runtime import autocast, prepare_model, to_memory_format
 from s3od.transforms import crop_padding, preprocess, unletterbox, validate_image_size
 
 if TYPE_CHECKING:
@@ -39,6 +40,12 @@ class BackgroundRemoval:
         image_size: network input side (multiple of the encoder stride). ``None`` uses the
             model's own default (1024 for the DINOv3 models, as published).
         device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"mps"``; ``None`` picks the best available.
+        precision: ``"fp32"`` (exact, the default), ``"bf16"``, ``"fp16"`` or ``"auto"`` (the
+            fastest that keeps masks close to fp32 on this device: bf16 on CPUs with
+            AMX/AVX512-BF16 and on recent GPUs, fp16 on older GPUs, else fp32). See docs/speed.md.
+        channels_last: NHWC weights and inputs; ``None`` turns it on where it is faster.
+        compile: run the model through ``torch.compile`` (the first pass per batch shape
+            compiles, which takes a while; worth it for long-running servers).
     """
 
     def __init__(
@@ -47,6 +54,9 @@ class BackgroundRemoval:
         image_size: int | None = None,
         device: str | torch.device | None = None,
         *,
+        precision: str = "fp32",
+        channels_last: bool | None = None,
+        compile: bool = False,
         _resolved: ResolvedCheckpoint | None = None,
         _model: torch.nn.Module | None = None,
     ) -> None:
@@ -61,7 +71,10 @@ class BackgroundRemoval:
             self.source = "in-memory module"
             default_size = 1024
         self.device = torch.device(device) if device is not None else _default_device()
-        self.model = _model.to(self.device).eval()
+        self._forward, self.runtime = prepare_model(_model, self.device, precision,
+                                                    channels_last, compile)
+        self.model = _model
+        self.precision = self.runtime.precision
         multiple = int(getattr(self.model, "size_multiple", 16))
         self.image_size = validate_image_size(image_size or default_size, multiple)
 
@@ -73,9 +86,12 @@ class BackgroundRemoval:
 
     @classmethod
     def from_model(cls, model: torch.nn.Module, image_size: int = 1024,
-                   device: str | torch.device | None = None) -> BackgroundRemoval:
+                   device: str | torch.device | None = None, *, precision: str = "fp32",
+                   channels_last: bool | None = None,
+                   compile: bool = False) -> BackgroundRemoval:
         """Wrap an in-memory module (tests, training loops, custom checkpoints)."""
-        return cls(image_size=image_size, device=device, _model=model)
+        return cls(image_size=image_size, device=device, precision=precision,
+                   channels_last=channels_last, compile=compile, _model=model)
 
     # ------------------------------------------------------------------ core
 
@@ -89,7 +105,8 @@ class BackgroundRemoval:
         upsample in tiles themselves (edge refinement, very large photos).
         """
         batch, boxes = preprocess(images, self.image_size, self.device)
-        out = self.model(batch)
+        with autocast(self.device, self.precision):
+            out = self._forward(to_memory_format(batch, self.runtime.channels_last))
         probs = torch.sigmoid(out["pred_masks"].float())
         ious = torch.sigmoid(out["pred_iou"].float()).cpu().numpy()
         if not full_resolution:
@@ -160,7 +177,7 @@ class BackgroundRemoval:
 
     def __repr__(self) -> str:
         return (f"BackgroundRemoval(model={self.model_name!r}, image_size={self.image_size}, "
-                f"device='{self.device}')")
+                f"device='{self.device}', runtime={self.runtime.describe()!r})")
 
 
 def _postprocess(refine: str | RefineConfig, fg_estimate: bool,
