@@ -391,6 +391,17 @@ def build_datasets(cfg: Mapping[str, Any], splits: DataSplits) -> tuple[MaskData
     return train, val
 
 
+def _worker_init(worker_id: int) -> None:
+    """Seed the worker like Lightning does, and keep OpenCV to one thread per worker."""
+    cv2.setNumThreads(1)
+    try:
+        from lightning.fabric.utilities.seed import pl_worker_init_function
+
+        pl_worker_init_function(worker_id)
+    except ImportError:  # pragma: no cover - lightning is a training dependency
+        pass
+
+
 def build_dataloaders(cfg: Mapping[str, Any], train: Dataset, val: Dataset,
                       pin_memory: bool = False) -> tuple[DataLoader, DataLoader | None]:
     workers = int(cfg.get("num_workers", 0))
@@ -398,6 +409,7 @@ def build_dataloaders(cfg: Mapping[str, Any], train: Dataset, val: Dataset,
     train_loader = DataLoader(
         train, batch_size=batch, shuffle=True, drop_last=len(train) > batch,
         num_workers=workers, pin_memory=pin_memory, persistent_workers=workers > 0,
+        worker_init_fn=_worker_init if workers > 0 else None,
     )
     val_loader = None
     if len(val):
@@ -405,5 +417,6 @@ def build_dataloaders(cfg: Mapping[str, Any], train: Dataset, val: Dataset,
             val, batch_size=int(cfg.get("val_bs", cfg["train_bs"])), shuffle=False,
             num_workers=min(workers, 1), pin_memory=pin_memory,
             persistent_workers=min(workers, 1) > 0,
+            worker_init_fn=_worker_init if workers > 0 else None,
         )
     return train_loader, val_loader

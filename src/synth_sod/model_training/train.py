@@ -115,7 +115,12 @@ def resolve_resume(cfg: DictConfig) -> tuple[str | None, bool]:
 
 def validate(cfg: DictConfig) -> None:
     """Fail early and clearly on placeholder or missing paths."""
+    raw = OmegaConf.to_container(cfg.dataset, resolve=False)
+    ev = OmegaConf.to_container(cfg.train_stage.evaluation, resolve=False)
+    uses_data_dir = "data_dir" in str(raw) or (ev.get("enabled") and "data_dir" in str(ev))
     for key in ("data_dir", "base_dir"):
+        if key == "data_dir" and not uses_data_dir:
+            continue
         value = cfg.get(key)
         if value is None or str(value).startswith("path/to"):
             raise ConfigError(f"{key} is not set: pass {key}=/some/path on the command line "

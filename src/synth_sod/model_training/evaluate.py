@@ -1,0 +1,59 @@
+"""Test stage: benchmark the best checkpoint on the configured test sets (s3od.evaluation)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig
+
+from synth_sod.model_training.checkpoints import model_from_checkpoint
+
+log = logging.getLogger("synth_sod.train")
+
+
+def run_test_stage(cfg: DictConfig, checkpoint: str | Path, out_dir: str | Path
+                   ) -> list[dict[str, Any]]:
+    """Score ``checkpoint`` on every configured test set present under ``input_dir``.
+
+    Sets that are not on disk are reported and skipped; the table is printed and written to
+    ``out_dir/test_results.{csv,json,md}``.
+    """
+    from s3od import BackgroundRemoval
+    from s3od.evaluation import benchmark_model, find_sets, results_table, write_reports
+    from s3od.evaluation.errors import DatasetNotFoundError
+
+    ev = cfg.train_stage.evaluation
+    wanted = [str(n) for n in (ev.get("datasets") or [])]
+    model, _ = model_from_checkpoint(checkpoint)
+    if getattr(model, "use_flux_features", False):
+        print("[test] the FLUX teacher needs FLUX features per image; skipped", flush=True)
+        return []
+    if not wanted:
+        print("[test] no test datasets configured", flush=True)
+        return []
+    try:
+        available = {s.name.lower(): s.name for s in find_sets(ev.input_dir)}
+    except DatasetNotFoundError as err:
+        print(f"[test] skipped: {err}", flush=True)
+        return []
+    present = [available[n.lower()] for n in wanted if n.lower() in available]
+    missing = [n for n in wanted if n.lower() not in available]
+    if missing:
+        print(f"[test] not found under {ev.input_dir}: {', '.join(missing)}", flush=True)
+    if not present:
+        return []
+    predictor = BackgroundRemoval.from_model(model, image_size=int(ev.image_size))
+    rows = benchmark_model(predictor, ev.input_dir, sets=present,
+                           name=str(cfg.train_stage.experiment_name),
+                           batch_size=int(ev.get("batch_size", 4)))
+    paths = write_reports(rows, Path(out_dir) / "test_results")
+    try:
+        from rich.console import Console
+
+        Console().print(results_table(rows, title=f"test: {Path(checkpoint).name}"))
+    except Exception:  # the table is a convenience; the files are the record
+        log.info("test results: %s", rows)
+    print(f"[test] results written to {', '.join(str(p) for p in paths)}", flush=True)
+    return rows
