@@ -12,6 +12,10 @@ import typer
 from s3od.cli.app import app, console, fail
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".jfif"}
+# Kept in sync with s3od.video.io.VIDEO_SUFFIXES (not imported here: PyAV is optional).
+VIDEO_SUFFIXES = {".mp4", ".mov", ".webm", ".mkv", ".avi", ".m4v", ".mpg", ".mpeg", ".wmv"}
+#: Above this many pixels, candidate masks other than the best stay at network resolution.
+LARGE_IMAGE_PIXELS = 16_000_000
 
 
 @dataclass
@@ -100,19 +104,39 @@ def remove(
     skip_existing: bool = typer.Option(False, "--skip-existing",
                                        help="Skip inputs whose output already exists."),
     threshold: float = typer.Option(0.5, min=0.0, max=1.0, help="Threshold used by --crop."),
+    refine: str = typer.Option("none", "--refine",
+                               help="Edges: none, guided (fast guided filter) or matting "
+                                    "(trimap matting, needs s3od[edges])."),
+    fg_estimate: bool = typer.Option(
+        None, "--fg-estimate/--no-fg-estimate",
+        help="Estimate foreground colours at soft edges (no halo of the old background). "
+             "Default: on for transparent image outputs when s3od[edges] is installed."),
+    matting_budget: float = typer.Option(30.0, min=0.0,
+                                         help="Seconds of matting per image (--refine matting)."),
+    temporal_smoothing: float = typer.Option(
+        0.0, min=0.0, max=0.95,
+        help="Video: moving average of the mask against flicker (0 off, 0.5-0.8 typical); "
+             "restarts at scene cuts."),
+    audio: bool = typer.Option(True, "--audio/--no-audio", help="Video: keep the audio track."),
 ) -> None:
-    """Cut out the main object of each image."""
+    """Cut out the main object of each image or video.
+
+    Videos (.mp4, .mov, .webm, .mkv ...) are written as .webm (VP9 with alpha), .mov (ProRes 4444
+    with alpha) or, with --bg-color/--bg-image/--mask-only, .mp4 (H.264), chosen by -o's suffix.
+    """
     from s3od.errors import S3ODError
     from s3od.imageio import encode_image, load_image, save_image_atomic
+    from s3od.refine import RefineConfig
 
     fmt = fmt.lower()
     if fmt not in ("png", "webp"):
         raise fail(f"--format must be png or webp, got {fmt!r}")
+    color = None
     if bg_color is not None:
         from s3od.compose import parse_color
 
         try:
-            parse_color(bg_color)
+            color = parse_color(bg_color)
         except ValueError as err:
             raise fail(str(err)) from None
     background = None
@@ -125,6 +149,42 @@ def remove(
             raise fail(f"--bg-image: {err}") from None
     save_kwargs = {"lossless": True} if fmt == "webp" else {}
     out_fmt = "WEBP" if fmt == "webp" else "PNG"
+    try:
+        config = RefineConfig(mode=refine.lower(), time_budget_s=matting_budget)
+    except ValueError as err:
+        raise fail(str(err)) from None
+    transparent = not mask_only and bg_color is None and bg_image is None
+    videos = [item for item in inputs if Path(item).suffix.lower() in VIDEO_SUFFIXES]
+    if fg_estimate is None:
+        fg_estimate = transparent and not videos and _has_pymatting()
+    if (fg_estimate or config.mode == "matting") and not _has_pymatting():
+        raise fail("--fg-estimate and --refine matting need pymatting: "
+                   "pip install 's3od[edges]'")
+
+    if videos:
+        if len(videos) != len(inputs):
+            raise fail("videos and images cannot be mixed in one call; run them separately")
+        from s3od.cli._video import remove_videos
+
+        bg = color if color is not None else background
+        summary = remove_videos(
+            [Path(v) for v in videos], output, model=model, device=device,
+            image_size=image_size, batch_size=batch_size, refine=config,
+            fg_estimate=fg_estimate, temporal_smoothing=temporal_smoothing, background=bg,
+            mask_only=mask_only, audio=audio, skip_existing=skip_existing, crop=crop,
+            all_masks=all_masks)
+        _report(summary, len(videos))
+        if summary.failed:
+            raise typer.Exit(1)
+        return
+
+    def choose(arrays: list) -> object:
+        """Post-processing for a batch: the published path unless an edge option is set or
+        a photo is so large that full-size candidate masks would waste memory."""
+        from s3od.refine import postprocess
+
+        large = any(a.shape[0] * a.shape[1] > LARGE_IMAGE_PIXELS for a in arrays)
+        return postprocess(config, fg_estimate, full_size_candidates=all_masks or not large)
 
     stdin_mode = inputs == ["-"]
     if not stdin_mode and "-" in inputs:
@@ -145,7 +205,7 @@ def remove(
     if stdin_mode:
         data = sys.stdin.buffer.read()
         try:
-            result = remover.remove_background(data, threshold)
+            result = _remove_one(remover, data, threshold, choose)
         except S3ODError as err:
             raise fail(f"stdin: {err}", 1) from None
         image = _render(result, mask_only, bg_color, background, crop)
@@ -161,7 +221,7 @@ def remove(
         if len(jobs) != 1:
             raise fail("'-o -' (stdout) needs exactly one input")
         try:
-            result = remover.remove_background(jobs[0].source, threshold)
+            result = _remove_one(remover, jobs[0].source, threshold, choose)
         except S3ODError as err:
             raise fail(f"{jobs[0].source}: {err}", 1) from None
         image = _render(result, mask_only, bg_color, background, crop)
@@ -170,14 +230,28 @@ def remove(
 
     summary = _run_jobs(remover, jobs, batch_size, threshold, skip_existing, all_masks,
                         lambda r: _render(r, mask_only, bg_color, background, crop),
-                        out_fmt, save_kwargs)
+                        out_fmt, save_kwargs, choose)
     _report(summary, len(jobs))
     if summary.failed:
         raise typer.Exit(1)
 
 
+def _has_pymatting() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("pymatting") is not None
+
+
+def _remove_one(remover, source, threshold: float, choose):
+    """One image through the same post-processing choice as the batch path."""
+    from s3od.imageio import load_image
+
+    rgb = load_image(source)
+    return next(remover._flush([rgb], threshold, choose([rgb])))
+
+
 def _run_jobs(remover, jobs, batch_size, threshold, skip_existing, all_masks, render, out_fmt,
-              save_kwargs) -> Summary:
+              save_kwargs, choose=lambda arrays: None) -> Summary:
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
@@ -189,6 +263,7 @@ def _run_jobs(remover, jobs, batch_size, threshold, skip_existing, all_masks, re
 
     from s3od.errors import S3ODError
     from s3od.imageio import load_image, save_image_atomic
+    from s3od.result import RemovalResult
 
     summary = Summary()
     todo = []
@@ -223,8 +298,11 @@ def _run_jobs(remover, jobs, batch_size, threshold, skip_existing, all_masks, re
                     progress.advance(task)
             if not chunk:
                 continue
+            post = choose(arrays)
             try:
-                predictions = remover.predict_arrays(arrays)
+                predictions = (remover.predict_arrays(arrays) if post is None else
+                               remover.predict_arrays(arrays,
+                                                      full_resolution=not post.needs_low_res))
             except Exception as err:  # one bad batch must not lose the rest of the run
                 for job in chunk:
                     summary.failed.append((str(job.source), f"inference failed: {err}"))
@@ -232,7 +310,8 @@ def _run_jobs(remover, jobs, batch_size, threshold, skip_existing, all_masks, re
                 continue
             for job, rgb, (masks, ious) in zip(chunk, arrays, predictions, strict=True):
                 try:
-                    save(job, remover._result(rgb, masks, ious, threshold))
+                    save(job, remover._result(rgb, masks, ious, threshold) if post is None else
+                         RemovalResult(**post.finish(rgb, masks, ious), threshold=threshold))
                 except OSError as err:
                     summary.failed.append((str(job.source), f"cannot write {job.target}: {err}"))
                 progress.advance(task)
