@@ -264,3 +264,65 @@ def test_shipped_config_placeholders_fail_cleanly(tmp_path):
                                       "num_steps=3"])
     assert result.exit_code == 2 and "unknown setting" in result.output
     assert not Path("path").exists()
+
+
+@pytest.mark.slow
+def test_published_commands_verbatim_from_flux_finetune(tmp_path):
+    """README steps 1, 2 and 4 as written, run from flux_finetune/ (captions/tags through an
+    OpenAI-compatible server given by OPENAI_BASE_URL), then filter + export via python -m."""
+    from s3od.hub import save_checkpoint
+    from tests.datagen_server import ChatServer, text_of
+
+    folder = PACKAGE / "flux_finetune"
+    images = tmp_path / "DUTS-TR" / "images"
+    images.mkdir(parents=True)
+    for src in sorted(SAMPLES.glob("*.jpg"))[:2]:
+        Image.open(src).convert("RGB").resize((72, 48)).save(images / src.name)
+    save_tiny_flux(tmp_path / "flux")
+
+    def answer(req):
+        return "dog" if "main object" in text_of(req) else "A photo of a dog on grass."
+
+    with ChatServer(answer) as server:
+        os.environ["OPENAI_BASE_URL"] = server.base_url
+        try:
+            for script, out in (("generate_captions.py", "captions.json"),
+                                ("tag_data.py", "tags.json")):
+                done = _run([script, "--image_dir", str(tmp_path / "DUTS-TR"), "--output_file",
+                             str(tmp_path / out)], folder)
+                assert done.returncode == 0, done.stderr[-2000:]
+        finally:
+            del os.environ["OPENAI_BASE_URL"]
+    assert len(json.loads((tmp_path / "tags.json").read_text())) == 2
+    done = _run(["feature_extraction.py", "--caption_file", str(tmp_path / "captions.json"),
+                 "--tag_file", str(tmp_path / "tags.json"), "--save_folder",
+                 str(tmp_path / "feats"), "--model_path", str(tmp_path / "flux"),
+                 "--dtype", "float32", "--device", "cpu", "--feature-blocks", "0,1,2,2",
+                 "--concept-layers", "0,1", "--feature-dim", "8"], folder)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert len(list((tmp_path / "feats" / "features").glob("DUTS-TR_*.npz"))) == 2
+
+    save_checkpoint({"scale": torch.tensor(8.0), "bias": torch.tensor(0.0)},
+                    tmp_path / "teacher.safetensors", "concept_map", {})
+    write_prompts(tmp_path / "gen")
+    import yaml
+
+    cfg = dict(vars(gen_config(tmp_path)))
+    cfg.update(teacher_checkpoint_path=str(tmp_path / "teacher.safetensors"))
+    (tmp_path / "generation_config.yaml").write_text(yaml.safe_dump(cfg))
+    done = _run([str(folder / "generate_train_images.py"), "--config_path",
+                 "generation_config.yaml", "--num-shards", "2", "--shard-index", "1"], tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert [p.parent.parent.name for p in (tmp_path / "gen").glob("*/metadata/0.json")] == [
+        "tench"]  # shard 1 of 2 owns the second class only
+    (tmp_path / "filtering_config.yaml").write_text(yaml.safe_dump({
+        "input_path": str(tmp_path / "gen"), "output_path": str(tmp_path / "flat"),
+        "filters": [{"type": "flip_consistency", "model_path": "/missing/student.pt"}]}))
+    done = _run([str(folder / "run_filtering.py"), "--config_path", "filtering_config.yaml"],
+                tmp_path)
+    assert done.returncode == 2 and "cannot load the consistency student" in done.stderr
+    assert "Traceback" not in done.stderr
+    done = _run(["-m", "synth_sod.data_generation.export", "--input_dir", str(tmp_path / "gen"),
+                 "--output_dir", str(tmp_path / "ds")], tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert len(list((tmp_path / "ds" / "data").glob("train-*.parquet"))) == 1

@@ -9,6 +9,7 @@ of the published README run verbatim through the script shims (``generate_captio
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -76,7 +77,8 @@ class _Step:
         return False
 
 
-def _describe(kind: str, image_dir: list[Path], output_file: Path, backend: str, model: str,
+def _describe(kind: str, image_dir: list[Path], output_file: Path, backend: str,
+              model: str | None,
               base_url: str | None, concurrency: int, save_interval: int,
               num_shards: int | None, shard_index: int | None) -> None:
     from s3od.cli.app import console
@@ -86,6 +88,11 @@ def _describe(kind: str, image_dir: list[Path], output_file: Path, backend: str,
     _setup_logging()
     with _Step():
         shard = _shard(num_shards, shard_index)
+        if backend == "auto":
+            http = base_url or os.environ.get("OPENAI_API_KEY") or os.environ.get(
+                "OPENAI_BASE_URL")
+            backend = "openai" if http else "transformers"
+        model = model or ("gpt-4o" if backend == "openai" else "google/gemma-3-4b-it")
         client = make_client(backend, model, base_url)
         out = describe_images(kind, image_dir, output_file, client, shard=shard,
                               concurrency=1 if backend == "transformers" else concurrency,
@@ -95,11 +102,13 @@ def _describe(kind: str, image_dir: list[Path], output_file: Path, backend: str,
 
 IMAGE_DIR = typer.Option(..., "--image-dir", "--image_dir", "--data-folder", "--data_folder",
                          help="Folder of real images (searched recursively; repeatable).")
-BACKEND = typer.Option("transformers", "--backend",
-                       help="'transformers' (local VLM, published) or 'openai' (any "
-                            "chat-completions endpoint; OPENAI_API_KEY, --base-url).")
-VLM_MODEL = typer.Option("google/gemma-3-4b-it", "--model", "--model-id", "--model_id",
-                         help="Model id for the backend.")
+BACKEND = typer.Option("auto", "--backend",
+                       help="'transformers' (local VLM, as published), 'openai' (any "
+                            "chat-completions endpoint: OPENAI_API_KEY, --base-url) or 'auto' "
+                            "(openai when OPENAI_API_KEY or OPENAI_BASE_URL is set).")
+VLM_MODEL = typer.Option(None, "--model", "--model-id", "--model_id",
+                         help="Model id (default: google/gemma-3-4b-it locally, gpt-4o over "
+                              "HTTP).")
 BASE_URL = typer.Option(None, "--base-url", "--base_url", help="Chat-completions server root.")
 CONCURRENCY = typer.Option(8, "--concurrency", min=1, help="Requests in flight (openai backend).")
 SAVE_INTERVAL = typer.Option(50, "--save-interval", "--save_interval", min=1,
@@ -110,7 +119,7 @@ SAVE_INTERVAL = typer.Option(50, "--save-interval", "--save_interval", min=1,
 def captions(image_dir: list[Path] = IMAGE_DIR,
              output_file: Path = typer.Option(..., "--output-file", "--output_file",
                                               "--output-path", "--output_path"),
-             backend: str = BACKEND, model: str = VLM_MODEL, base_url: str | None = BASE_URL,
+             backend: str = BACKEND, model: str | None = VLM_MODEL, base_url: str | None = BASE_URL,
              concurrency: int = CONCURRENCY, save_interval: int = SAVE_INTERVAL,
              num_shards: int | None = NUM_SHARDS, shard_index: int | None = SHARD_INDEX) -> None:
     """Step 1a: a one-or-two-sentence caption per real image -> JSON list."""
@@ -122,7 +131,7 @@ def captions(image_dir: list[Path] = IMAGE_DIR,
 def tags(image_dir: list[Path] = IMAGE_DIR,
          output_file: Path = typer.Option(..., "--output-file", "--output_file", "--output-path",
                                           "--output_path"),
-         backend: str = BACKEND, model: str = VLM_MODEL, base_url: str | None = BASE_URL,
+         backend: str = BACKEND, model: str | None = VLM_MODEL, base_url: str | None = BASE_URL,
          concurrency: int = CONCURRENCY, save_interval: int = SAVE_INTERVAL,
          num_shards: int | None = NUM_SHARDS, shard_index: int | None = SHARD_INDEX) -> None:
     """Step 1b: a one-or-two-word object tag per real image -> JSON list."""

@@ -33,6 +33,7 @@ from s3od.imageio import save_image_atomic
 from synth_sod.data_generation.configs import build_config, load_mapping
 from synth_sod.data_generation.filters import BaseFilter, FilterResult, Sample, build_filter
 from synth_sod.data_generation.filters.vlm import overlay
+from synth_sod.data_generation.llm import LLMError
 from synth_sod.data_generation.sharding import (
     Manifest,
     PipelineError,
@@ -141,6 +142,9 @@ def run_filtering(cfg: FilteringConfig, shard: Shard | None = None,
     manifest = Manifest.create(out, "filter", shard, {"input_path": cfg.input_path,
                                                       "filters": names})
     manifest.total, manifest.skipped = len(samples), len(samples) - len(todo)
+    if todo:
+        for flt in filters:
+            flt.prepare()
     stats: Counter[str] = Counter()
     reject_file = out / "rejections" / f"{shard.tag}.jsonl"
     reject_file.parent.mkdir(parents=True, exist_ok=True)
@@ -168,6 +172,9 @@ def run_filtering(cfg: FilteringConfig, shard: Shard | None = None,
                     save_image_atomic(fail_case_strip(sample, result, name),
                                       out / "fail_cases" / name / f"{sample.id}.jpg", quality=90)
                 manifest.record()
+            except LLMError:
+                manifest.close()
+                raise
             except (InvalidImageError, PipelineError, OSError, ValueError) as err:
                 log.warning("filtering %s failed: %s", sample.id, err)
                 manifest.fail(sample.id, err)

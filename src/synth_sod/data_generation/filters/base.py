@@ -63,6 +63,9 @@ class BaseFilter:
 
     name: str = "filter"
 
+    def prepare(self) -> None:
+        """Load models now, so a missing model stops the run instead of failing every sample."""
+
     def check(self, sample: Sample) -> FilterResult:  # pragma: no cover - interface
         raise NotImplementedError
 

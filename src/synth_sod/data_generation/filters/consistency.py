@@ -63,6 +63,9 @@ class HorizontalFlipConsistencyFilter(BaseFilter):
             self._predictor = student_predictor(*self._args)  # type: ignore[arg-type]
         return self._predictor
 
+    def prepare(self) -> None:
+        _ = self.predictor
+
     def check(self, sample: Sample) -> FilterResult:
         image = sample.image
         teacher = sample.mask > 128

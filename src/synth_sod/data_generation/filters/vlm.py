@@ -92,6 +92,9 @@ class _VLMJudge(BaseFilter):
             self._client = make_client(*self._client_args)
         return self._client
 
+    def prepare(self) -> None:
+        _ = self.client
+
     def visual(self, sample: Sample) -> Image.Image:  # pragma: no cover - interface
         raise NotImplementedError
 
