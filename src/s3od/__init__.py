@@ -7,7 +7,7 @@ from s3od.registry import ModelSpec, list_models
 from s3od.result import RemovalResult
 
 if TYPE_CHECKING:
-    from s3od.export.runtime import OnnxBackgroundRemoval
+    from s3od.export.ort_predictor import OnnxBackgroundRemoval
     from s3od.predictor import BackgroundRemoval
 
 __version__ = "0.2.0"
@@ -28,7 +28,7 @@ def __getattr__(name: str):
 
         return BackgroundRemoval
     if name == "OnnxBackgroundRemoval":
-        from s3od.export.runtime import OnnxBackgroundRemoval
+        from s3od.export.ort_predictor import OnnxBackgroundRemoval
 
         return OnnxBackgroundRemoval
     raise AttributeError(f"module 's3od' has no attribute {name!r}")

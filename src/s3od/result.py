@@ -1,7 +1,7 @@
 """RemovalResult: what a background removal gives, whichever runtime produced it.
 
-Kept free of torch so the ONNX Runtime predictor (:mod:`s3od.export.runtime`) returns the very
-same class as :class:`s3od.predictor.BackgroundRemoval` without importing PyTorch.
+Kept free of torch so the ONNX Runtime predictor (:mod:`s3od.export.ort_predictor`) returns
+the very same class as :class:`s3od.predictor.BackgroundRemoval` without importing PyTorch.
 """
 
 from __future__ import annotations

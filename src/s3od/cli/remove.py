@@ -118,12 +118,26 @@ def remove(
         help="Video: moving average of the mask against flicker (0 off, 0.5-0.8 typical); "
              "restarts at scene cuts."),
     audio: bool = typer.Option(True, "--audio/--no-audio", help="Video: keep the audio track."),
+    ray: str = typer.Option(None, "--ray", metavar="ADDRESS",
+                            help="Run on a Ray cluster (auto, ray://head:10001, local): inputs "
+                                 "and -o may be object-store URIs, --format may be parquet, "
+                                 "--skip-existing resumes. See docs/bulk-ray.md."),
+    ray_actors: int = typer.Option(2, min=1, help="With --ray: model copies (actor pool size)."),
 ) -> None:
     """Cut out the main object of each image or video.
 
     Videos (.mp4, .mov, .webm, .mkv ...) are written as .webm (VP9 with alpha), .mov (ProRes 4444
     with alpha) or, with --bg-color/--bg-image/--mask-only, .mp4 (H.264), chosen by -o's suffix.
     """
+    if ray is not None:
+        from s3od.cli.bulk import remove_on_ray
+
+        return remove_on_ray(
+            inputs, output, address=ray, actors=ray_actors, model=model, device=device,
+            image_size=image_size, mask_only=mask_only, bg_color=bg_color, bg_image=bg_image,
+            crop=crop, fmt=fmt, all_masks=all_masks, batch_size=batch_size,
+            skip_existing=skip_existing, threshold=threshold, refine=refine,
+            fg_estimate=bool(fg_estimate))
     from s3od.errors import S3ODError
     from s3od.imageio import encode_image, load_image, save_image_atomic
     from s3od.refine import RefineConfig
@@ -193,11 +207,11 @@ def remove(
     if not stdin_mode and not jobs:
         raise fail("no images found in the given inputs")
 
-    from s3od import BackgroundRemoval
+    from s3od.export.ort_predictor import load_remover
 
     try:
-        remover = BackgroundRemoval(model, image_size=image_size, device=device)
-    except (S3ODError, ValueError) as err:
+        remover = load_remover(model, image_size=image_size, device=device)  # *.onnx: ORT
+    except (S3ODError, ValueError, ImportError) as err:
         raise fail(str(err)) from None
     console.print(f"[dim]model {remover.model_name} ({remover.source}), "
                   f"{remover.image_size}px, {remover.device}[/]")
