@@ -74,7 +74,12 @@ def resolve_dtype(name: str | torch.dtype) -> torch.dtype:
 
 
 def default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    """``cuda:<LOCAL_RANK>`` under torchrun/SLURM multi-GPU launches, else ``cuda`` or CPU."""
+    if not torch.cuda.is_available():
+        return torch.device("cpu")
+    local = os.environ.get("LOCAL_RANK") or os.environ.get("SLURM_LOCALID")
+    return torch.device("cuda", int(local) % torch.cuda.device_count()) if local else torch.device(
+        "cuda")
 
 
 def load_pipeline(model_path: str | os.PathLike, *, img2img: bool = False,
