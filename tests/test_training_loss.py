@@ -112,7 +112,8 @@ def test_single_mask_uses_plain_loss_and_ssim_variant_works():
         {"name": "ssim_loss", "weight": 10.0, "loss": {"type": "ssim"}},
     ])
     total, parts = crit({"pred_masks": logits, "pred_iou": torch.zeros(3, 1)}, y)
-    assert set(parts) == {"bce_loss", "iou_loss", "ssim_loss", "loss"}
+    # plain (not best-of-N) mask terms; the IoU head still learns the one mask's IoU
+    assert set(parts) == {"bce_loss", "iou_loss", "ssim_loss", "mse_ious_loss", "loss"}
     assert torch.isfinite(total)
     assert float(SSIMLoss(reduction="mean")(torch.full((2, 8, 8), 20.0), torch.ones(2, 8, 8))) \
         == pytest.approx(0.0, abs=1e-4)
@@ -130,8 +131,17 @@ def test_focal_and_iou_values():
         0.0, abs=1e-5)
 
 
+@pytest.fixture
+def one_thread():
+    """Busy shared CPUs make 2-thread OpenMP crawl; one thread is fast and predictable."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @needs_shared
-def test_loss_goes_down_on_a_fixed_real_batch():
+def test_loss_goes_down_on_a_fixed_real_batch(one_thread):
     import cv2
 
     from s3od.modeling import LiteSegmentation
@@ -155,5 +165,5 @@ def test_loss_goes_down_on_a_fixed_real_batch():
         opt.zero_grad()
         loss.backward()
         opt.step()
-        losses.append(float(loss))
+        losses.append(loss.item())
     assert np.mean(losses[-3:]) < 0.7 * np.mean(losses[:3]), losses

@@ -322,6 +322,84 @@ class MaskDataset(Dataset):
         return {"images": img, "masks": msk, "key": self.key(index)}
 
 
+class FluxFeatureDataset(Dataset):
+    """Teacher training samples: image, mask, FLUX block features and concept maps.
+
+    Features are ``<features_dir>/features/<id>.npz`` (the data-generation layout) with keys
+    ``category``, ``background`` (H/16 x W/16 float) and ``layer_{i}`` (``(H/16*W/16, 768)``
+    fp16). ``<id>`` is the image stem or ``<source>_<stem>``. The image is resized to the
+    resolution the features were computed at (16 x the concept-map grid); no augmentation, as
+    published (features are tied to the exact pixels). Images without features are dropped.
+    """
+
+    def __init__(self, sources: Sequence[Source], features_dir: str | Path,
+                 feature_layers: Sequence[int] = (0, 1, 2, 3),
+                 max_bad_fraction: float = 0.2) -> None:
+        folder = Path(features_dir)
+        folder = folder / "features" if (folder / "features").is_dir() else folder
+        if not folder.is_dir():
+            raise DataConfigError(f"FLUX features folder does not exist: {folder}")
+        available = {p.stem: p for p in folder.glob("*.npz")}
+        self.items: list[tuple[Source, int, Path]] = []
+        total = 0
+        for source in sources:
+            for i in range(len(source)):
+                total += 1
+                stem = source.key(i).rsplit("/", 1)[-1]
+                for cand in (stem, f"{source.name}_{stem}"):
+                    if cand in available:
+                        self.items.append((source, i, available[cand]))
+                        break
+        if total and not self.items:
+            raise DataConfigError(f"no FLUX feature file in {folder} matches any of {total} "
+                                  "images (expected <stem>.npz or <dataset>_<stem>.npz)")
+        if len(self.items) < total:
+            log.warning("FLUX features found for %d of %d images", len(self.items), total)
+        self.feature_layers = [int(i) for i in feature_layers]
+        self.bad: set[int] = set()
+        self.max_bad = max(10, int(max_bad_fraction * len(self.items)))
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def _load(self, index: int) -> dict[str, Any]:
+        source, i, npz_path = self.items[index]
+        image, mask = source.load(i)
+        with np.load(npz_path) as npz:
+            category = np.asarray(npz["category"], np.float32)
+            background = np.asarray(npz["background"], np.float32)
+            layers = [np.asarray(npz[f"layer_{k}"], np.float32) for k in self.feature_layers]
+        gh, gw = category.shape
+        for layer in layers:
+            if layer.shape[0] != gh * gw:
+                raise ValueError(f"{npz_path.name}: {layer.shape[0]} tokens for a {gh}x{gw} grid")
+        size = (gw * 16, gh * 16)
+        image = cv2.resize(image, size, interpolation=cv2.INTER_LANCZOS4)
+        mask = cv2.resize(mask, size, interpolation=cv2.INTER_LINEAR)
+        return {
+            "images": torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).contiguous(),
+            "masks": torch.from_numpy(mask).float().div_(255.0),
+            "transformer_features": [torch.from_numpy(x) for x in layers],
+            "concept_maps": {"category": torch.from_numpy(category),
+                             "background": torch.from_numpy(background)},
+            "key": source.key(i),
+        }
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        rng = random.Random(index)
+        while True:
+            if index not in self.bad:
+                try:
+                    return self._load(index)
+                except Exception as err:  # a bad file must not stop a long run
+                    self.bad.add(index)
+                    log.warning("skipping bad sample %s: %s", self.items[index][0].key(
+                        self.items[index][1]), err)
+                    if len(self.bad) > self.max_bad:
+                        raise RuntimeError(f"{len(self.bad)} unreadable samples") from err
+            index = rng.randrange(len(self))
+
+
 # --------------------------------------------------------------------------- from config
 
 
@@ -379,7 +457,11 @@ def copy_paste_config(cfg: Mapping[str, Any] | None) -> CopyPasteConfig | None:
     return CopyPasteConfig(**kw)
 
 
-def build_datasets(cfg: Mapping[str, Any], splits: DataSplits) -> tuple[MaskDataset, MaskDataset]:
+def build_datasets(cfg: Mapping[str, Any], splits: DataSplits) -> tuple[Dataset, Dataset]:
+    if cfg.get("flux_features_dir"):
+        layers = cfg.get("feature_layers", (0, 1, 2, 3))
+        return (FluxFeatureDataset(splits.train, cfg["flux_features_dir"], layers),
+                FluxFeatureDataset(splits.val, cfg["flux_features_dir"], layers))
     size = int(cfg["image_size"])
     cp = dict(cfg.get("copy_paste") or {})
     train = MaskDataset(
@@ -406,6 +488,10 @@ def build_dataloaders(cfg: Mapping[str, Any], train: Dataset, val: Dataset,
                       pin_memory: bool = False) -> tuple[DataLoader, DataLoader | None]:
     workers = int(cfg.get("num_workers", 0))
     batch = int(cfg["train_bs"])
+    val_batch = int(cfg.get("val_bs", batch))
+    if isinstance(train, FluxFeatureDataset) and (batch != 1 or val_batch != 1):
+        log.warning("FLUX-feature samples differ in resolution: batch size forced to 1")
+        batch = val_batch = 1
     train_loader = DataLoader(
         train, batch_size=batch, shuffle=True, drop_last=len(train) > batch,
         num_workers=workers, pin_memory=pin_memory, persistent_workers=workers > 0,
@@ -414,7 +500,7 @@ def build_dataloaders(cfg: Mapping[str, Any], train: Dataset, val: Dataset,
     val_loader = None
     if len(val):
         val_loader = DataLoader(
-            val, batch_size=int(cfg.get("val_bs", cfg["train_bs"])), shuffle=False,
+            val, batch_size=val_batch, shuffle=False,
             num_workers=min(workers, 1), pin_memory=pin_memory,
             persistent_workers=min(workers, 1) > 0,
             worker_init_fn=_worker_init if workers > 0 else None,

@@ -8,8 +8,8 @@ rank candidates, the all-candidate term ``full_mask_lambda * exp(-decay_rate * e
 IoU head regressed (MSE on sigmoid) towards the measured soft IoU of every candidate.
 Published defects that are fixed (each has a switch to get the old behaviour back, see
 docs/training.md): the focal loss ran on ``sigmoid(sigmoid(z))``; SSIM broke on single-mask
-batches; the IoU-head loss was silently skipped for single-mask models (it still is, because
-there is nothing to rank, but the parts are logged under stable names).
+batches; the IoU head of single-mask models was never trained (now it regresses the IoU of the
+one mask, which leaves the mask loss unchanged).
 """
 
 from __future__ import annotations
@@ -198,6 +198,14 @@ class MultiMaskLoss(nn.Module):
                 value = crit(z, target).mean()
                 parts[name] = value.detach()
                 total = total + w * value
+            if self.iou_head_weight and "pred_iou" in outputs:
+                # Published code skipped this, leaving the IoU head of single-mask models
+                # untrained (random scores, and parameters without gradient under DDP).
+                with torch.no_grad():
+                    ious = soft_iou(torch.sigmoid(logits), target)
+                mse = F.mse_loss(torch.sigmoid(outputs["pred_iou"].float()), ious)
+                total = total + self.iou_head_weight * mse
+                parts["mse_ious_loss"] = mse.detach()
             parts["loss"] = total.detach()
             return total, parts
 
