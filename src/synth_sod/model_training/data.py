@@ -421,7 +421,7 @@ def resolve_splits(cfg: Mapping[str, Any], seed: int = 42) -> DataSplits:
     root = cfg.get("root")
     entries = list(cfg.get("datasets") or [])
     if not entries:
-        raise DataConfigError("dataset.datasets is empty")
+        raise DataConfigError("dataset.datasets is empty: pass dataset.datasets='[dir1,dir2]'")
     train: list[Source] = []
     val: list[Source] = []
     explicit_val = list(cfg.get("val_datasets") or [])

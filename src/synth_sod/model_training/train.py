@@ -24,6 +24,7 @@ from lightning.pytorch.callbacks import (
 )
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import MissingMandatoryValue
 
 from synth_sod.model_training.data import (
     DataConfigError,
@@ -222,7 +223,11 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         from synth_sod.model_training.evaluate import run_test_stage
 
         best = summary["best_checkpoint"] or summary["last_checkpoint"]
-        summary["test"] = run_test_stage(cfg, best, log_dir / str(stage.experiment_name))
+        try:
+            summary["test"] = run_test_stage(cfg, best, log_dir / str(stage.experiment_name))
+        except Exception as err:  # checkpoints are saved; report, do not hide the training
+            print(f"[test] failed: {type(err).__name__}: {err}", file=sys.stderr, flush=True)
+            summary["test_error"] = str(err)
     return summary
 
 
@@ -230,7 +235,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 def main(cfg: DictConfig) -> None:
     try:
         run(cfg)
-    except (ConfigError, DataConfigError) as err:
+    except (ConfigError, DataConfigError, MissingMandatoryValue) as err:
         print(f"error: {err}", file=sys.stderr, flush=True)
         sys.exit(2)
 
