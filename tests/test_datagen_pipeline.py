@@ -21,7 +21,7 @@ from synth_sod.data_generation.features import extract_real_features
 from synth_sod.data_generation.filtering import FilteringConfig, run_filtering
 from synth_sod.data_generation.filters import HorizontalFlipConsistencyFilter
 from synth_sod.data_generation.generate import GenerationConfig, run_generation, sample_seed
-from synth_sod.data_generation.sharding import Shard
+from synth_sod.data_generation.sharding import PipelineError, Shard
 from tests.conftest import REPO, SAMPLES
 from tests.datagen_tiny import TinyTeacher, build_tiny_flux, save_tiny_flux
 
@@ -326,3 +326,67 @@ def test_published_commands_verbatim_from_flux_finetune(tmp_path):
                  "--output_dir", str(tmp_path / "ds")], tmp_path)
     assert done.returncode == 0, done.stderr[-2000:]
     assert len(list((tmp_path / "ds" / "data").glob("train-*.parquet"))) == 1
+
+
+TINY_TEACHER = {"encoder_config": {"hidden_size": 32, "intermediate_size": 64,
+                                   "num_hidden_layers": 4, "num_attention_heads": 2,
+                                   "num_register_tokens": 4, "patch_size": 16},
+                "layer_indices": [1, 2, 3, 4], "features": 16, "out_channels": [8, 16, 32, 32],
+                "num_masks": 1, "flux_feature_dims": [8, 8, 8, 8]}
+
+
+def test_flux_teacher_checkpoint_drives_generation(pipe, tmp_path):
+    """The training package's FluxDPTSegmentation, saved as it exports it, loaded by path."""
+    flux_teacher = pytest.importorskip("synth_sod.model_training.flux_teacher")
+    from s3od.hub import save_checkpoint
+    from synth_sod.data_generation.teacher import load_teacher
+
+    torch.manual_seed(0)
+    model = flux_teacher.FluxDPTSegmentation(**TINY_TEACHER).eval()
+    path = save_checkpoint(model.state_dict(), tmp_path / "teacher.safetensors", "flux_teacher",
+                           TINY_TEACHER)
+    loaded = load_teacher(path)
+    assert isinstance(loaded, flux_teacher.FluxDPTSegmentation)
+    for key, value in model.state_dict().items():
+        torch.testing.assert_close(loaded.state_dict()[key], value)
+    write_prompts(tmp_path / "gen")
+    cfg = gen_config(tmp_path, teacher_checkpoint_path=str(path), classes=["tench"])
+    manifest = run_generation(cfg, pipe=pipe)
+    assert (manifest.done, manifest.failed) == (1, [])
+    image = Image.open(tmp_path / "gen" / "tench" / "images" / "0.jpg")
+    mask = np.asarray(Image.open(tmp_path / "gen" / "tench" / "masks" / "0.png"))
+    assert mask.shape == (image.height, image.width)
+    save_checkpoint(model.state_dict(), tmp_path / "lite.safetensors", "lite", {})
+    with pytest.raises(PipelineError, match="not a mask teacher"):
+        load_teacher(tmp_path / "lite.safetensors")
+    with pytest.raises(PipelineError, match="not found"):
+        load_teacher(tmp_path / "missing.safetensors")
+
+
+def test_real_image_features_feed_the_teacher_dataset(pipe, tmp_path):
+    """Step 3's npz files are what the training package's FluxFeatureDataset reads."""
+    data = pytest.importorskip("synth_sod.model_training.data")
+    from diffusers import FluxImg2ImgPipeline
+
+    img2img = FluxImg2ImgPipeline(**pipe.components)
+    img2img.set_progress_bar_config(disable=True)
+    root = tmp_path / "DUTS-TR"
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    paths = []
+    for src in sorted(SAMPLES.glob("*.jpg"))[:2]:
+        Image.open(src).convert("RGB").resize((70, 50)).save(root / "images" / src.name)
+        Image.fromarray(np.full((50, 70), 255, np.uint8)).save(root / "masks" / f"{src.stem}.png")
+        paths.append(str(root / "images" / src.name))
+    for kind, value in (("caption", "a photo"), ("tag", "cat")):
+        (tmp_path / f"{kind}s.json").write_text(json.dumps(
+            [{"image_path": p, kind: value} for p in paths]))
+    extract_real_features(tmp_path / "captions.json", tmp_path / "tags.json", tmp_path / "feats",
+                          None, pipe=img2img, feature_blocks=[0, 1, 2, 2], concept_layers=[0],
+                          feature_dim=8, resolutions=[(96, 64), (64, 96)])
+    ds = data.FluxFeatureDataset([data.scan_folder(root)], tmp_path / "feats")
+    assert len(ds) == 2
+    item = ds[0]
+    assert tuple(item["images"].shape) == (3, 64, 96)
+    assert [tuple(f.shape) for f in item["transformer_features"]] == [(24, 8)] * 4
+    assert tuple(item["concept_maps"]["category"].shape) == (4, 6)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 
 import numpy as np
@@ -230,3 +231,40 @@ def test_flip_consistency_with_an_s3od_student(tiny_lite_checkpoint):
     with pytest.raises(PipelineError, match="cannot load the consistency student"):
         HorizontalFlipConsistencyFilter(model_path="/no/such/model.pt").check(
             Sample(img_path, mask_path, "real", img_path.stem))
+
+
+def test_mining_writes_class_weights_after_all_shards(tmp_path):
+    from PIL import Image
+
+    from synth_sod.data_generation.mining import mine_categories
+
+    root = tmp_path / "flat"
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    rng = np.random.default_rng(1)
+    truth = {}
+    for cat in ("easy", "hard"):
+        for i in range(3):
+            rgb = rng.integers(0, 255, (24, 32, 3), dtype=np.uint8)
+            mask = np.zeros((24, 32), np.uint8)
+            mask[4:20, 3 + i:15 + i] = 255
+            Image.fromarray(rgb).save(root / "images" / f"{cat}_{i}.png")
+            Image.fromarray(mask).save(root / "masks" / f"{cat}_{i}.png")
+            good = mask / 255.0
+            answer = good if cat == "easy" else np.roll(good, 10, axis=1)
+            truth[rgb.tobytes()] = answer
+            truth[np.ascontiguousarray(rgb[:, ::-1]).tobytes()] = answer[:, ::-1]
+
+    def predictor(images):
+        return [truth[im.tobytes()] for im in images]
+
+    out = tmp_path / "results"
+    assert mine_categories(root, predictor, out, max_val_samples=2, shard=Shard(0, 2)) is None
+    weights = mine_categories(root, predictor, out, max_val_samples=2, shard=Shard(1, 2))
+    assert weights is not None
+    counts = load_class_weights(weights)
+    # a perfect category gets 20 + 80 / (1 + e^3.2) = 23.1 -> 23 (published schedule)
+    assert set(counts) == {"easy", "hard"} and counts["hard"] > counts["easy"] == 23
+    report = json.loads(next(out.glob("_eval_results_*.json")).read_text())
+    assert report["unstable_categories"][0] == "hard"
+    assert sum(len(v) for v in report["category_sample_scores"].values()) == 4  # 2 per category
