@@ -160,3 +160,24 @@ def test_vlm_judges_over_http():
     side_by_side = Image.open(io.BytesIO(base64.b64decode(
         images_of(server.requests[0])[0].split(",", 1)[1])))
     assert side_by_side.size == (120, 40)  # [image | overlay], long side = target_size
+
+
+def test_prompts_step_with_class_weights_and_shards(tmp_path):
+    from synth_sod.data_generation.prompts import generate_prompts, load_classes, read_prompts
+    from synth_sod.data_generation.sharding import Shard
+
+    classes = [c for c in load_classes() if c.folder in ("tench", "goldfish", "cock")]
+
+    def answer(req):
+        n = int(text_of(req).split("Write ", 1)[1].split()[0])
+        label = text_of(req).split("each showing ", 1)[1].split(" (")[0]
+        return json.dumps([f"{label} scene number {i}" for i in range(n)])
+
+    with ChatServer(answer) as server:
+        manifests = [generate_prompts(classes, tmp_path, client_for(server), num_prompts=2,
+                                      weights={"goldfish": 3}, shard=Shard(i, 2), concurrency=2)
+                     for i in range(2)]
+    counts = {c.folder: len(read_prompts(tmp_path / c.folder / "prompts.txt")) for c in classes}
+    assert counts == {"tench": 2, "goldfish": 3, "cock": 2}
+    assert sum(m.done for m in manifests) == 3 and not any(m.failed for m in manifests)
+    assert read_prompts(tmp_path / "cock" / "prompts.txt")[0] == "cock scene number 0"
