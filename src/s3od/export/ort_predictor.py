@@ -96,12 +96,13 @@ class OnnxBackgroundRemoval:
             if not path.is_file():
                 raise ModelNotFoundError(f"ONNX model not found: {path}")
             source, payload = str(path), str(path)
+        providers = providers_for(device)
         options = ort.SessionOptions()
         if threads is not None:
             options.intra_op_num_threads = int(threads)
         try:
             self.session: onnxruntime.InferenceSession = ort.InferenceSession(
-                payload, sess_options=options, providers=providers_for(device))
+                payload, sess_options=options, providers=providers)
         except Exception as err:  # onnxruntime raises its own unrelated exception types
             raise CheckpointError(f"cannot load ONNX model {source}: "
                                   f"{str(err).splitlines()[0][:300]}") from err
