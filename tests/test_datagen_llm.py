@@ -181,3 +181,72 @@ def test_prompts_step_with_class_weights_and_shards(tmp_path):
     assert counts == {"tench": 2, "goldfish": 3, "cock": 2}
     assert sum(m.done for m in manifests) == 3 and not any(m.failed for m in manifests)
     assert read_prompts(tmp_path / "cock" / "prompts.txt")[0] == "cock scene number 0"
+
+
+def _tiny_llava(folder):
+    """A tiny LLaVA (CLIP vision + Llama text) with a word-level tokenizer, saved locally."""
+    import torch
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import (
+        CLIPVisionConfig,
+        LlamaConfig,
+        LlavaConfig,
+        LlavaForConditionalGeneration,
+        LlavaProcessor,
+        PreTrainedTokenizerFast,
+    )
+    from transformers.models.clip import CLIPImageProcessorPil
+
+    words = ["<pad>", "<s>", "</s>", "<unk>", "<image>", "user", "system", "assistant", ":",
+             "describe", "this", "dog", "cat"]
+    vocab = {w: i for i, w in enumerate(words)}
+    tk = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tk.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok = PreTrainedTokenizerFast(tokenizer_object=tk, pad_token="<pad>", bos_token="<s>",
+                                  eos_token="</s>", unk_token="<unk>",
+                                  extra_special_tokens={"image_token": "<image>"})
+    template = ("{% for m in messages %}{{ m['role'] }} : {% for c in m['content'] %}"
+                "{% if c['type'] == 'image' %}<image> {% else %}{{ c['text'] }} {% endif %}"
+                "{% endfor %}{% endfor %}{% if add_generation_prompt %}assistant : {% endif %}")
+    processor = LlavaProcessor(
+        image_processor=CLIPImageProcessorPil(size={"shortest_edge": 32},
+                                              crop_size={"height": 32, "width": 32}),
+        tokenizer=tok, chat_template=template, patch_size=16,
+        vision_feature_select_strategy="default", num_additional_image_tokens=1)
+    config = LlavaConfig(
+        vision_config=CLIPVisionConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                       num_attention_heads=2, image_size=32, patch_size=16),
+        text_config=LlamaConfig(vocab_size=len(vocab), hidden_size=16, intermediate_size=32,
+                                num_hidden_layers=1, num_attention_heads=2,
+                                num_key_value_heads=2, max_position_embeddings=64,
+                                pad_token_id=0, bos_token_id=1, eos_token_id=2),
+        image_token_index=vocab["<image>"], vision_feature_select_strategy="default")
+    torch.manual_seed(0)
+    LlavaForConditionalGeneration(config).eval().save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return set(words)
+
+
+def test_local_vlm_backend_with_a_tiny_llava(tmp_path):
+    """The transformers backend (published: Gemma-3) on a tiny image-text-to-text model."""
+    from synth_sod.data_generation.captions import describe_images
+    from synth_sod.data_generation.llm import TransformersVLMClient
+
+    words = _tiny_llava(tmp_path / "vlm")
+    client = TransformersVLMClient(str(tmp_path / "vlm"), dtype="float32", device_map=None)
+    image = Image.fromarray(np.full((30, 40, 3), (200, 0, 0), np.uint8))
+    greedy = [client.chat([message("system", "describe"), message("user", "describe this",
+                                                                   [image])], max_tokens=4)
+              for _ in range(2)]
+    assert greedy[0] == greedy[1] and greedy[0].split()
+    assert set(greedy[0].split()) <= words  # decoded from the model's own vocabulary
+    sampled = client.chat([message("user", "describe this", [image])], max_tokens=3,
+                          temperature=0.7, top_p=0.9)
+    assert 1 <= len(sampled.split()) <= 3
+    (tmp_path / "DIS-TR" / "images").mkdir(parents=True)
+    image.save(tmp_path / "DIS-TR" / "images" / "a.jpg")
+    out = describe_images("tag", [tmp_path / "DIS-TR"], tmp_path / "tags.json", client)
+    (record,) = json.loads(out.read_text())
+    assert 1 <= len(record["tag"].split()) <= 2
+    with pytest.raises(LLMError, match="cannot load"):
+        TransformersVLMClient(str(tmp_path / "missing")).chat([message("user", "hi")])
