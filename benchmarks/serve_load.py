@@ -6,6 +6,7 @@ fixed number of requests with fixed concurrency, a share of them garbage that mu
 batches it formed, and how many requests were lost (no answer, or an unexpected status).
 
     python benchmarks/serve_load.py                       # max-batch 1 vs 4, 500 requests
+    python benchmarks/serve_load.py --requests 200 --rounds 3 --batches 1   # memory flat?
     python benchmarks/serve_load.py --model s3od-lite --image-size 512 --batches 1,8
 
 Only 127.0.0.1 is ever contacted; every loop is bounded in count and time.
@@ -153,7 +154,7 @@ async def load(url: str, proc: psutil.Process, bodies, concurrency: int, timeout
     return outcomes, wall, await sampler
 
 
-def run_config(label: str, serve_args: list[str], bodies, args) -> RunReport:
+def run_config(label: str, serve_args: list[str], bodies, args) -> list[RunReport]:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
@@ -178,12 +179,18 @@ def run_config(label: str, serve_args: list[str], bodies, args) -> RunReport:
         warmup = next(body for kind, body in bodies if kind == "image")
         httpx.post(f"{url}/v1/remove", content=warmup, headers={"Content-Type": "image/jpeg"},
                    timeout=120)
-        rss_before = tree_rss(proc)
-        outcomes, wall, peak = asyncio.run(load(url, proc, bodies, args.concurrency,
-                                                args.request_timeout))
-        time.sleep(0.5)
-        rss_after = tree_rss(proc)
-        batches = httpx.get(f"{url}/healthz", timeout=5).json()["batches"]
+        reports = []
+        seen = httpx.get(f"{url}/healthz", timeout=5).json()["batches"]["count"]
+        for round_ in range(1, args.rounds + 1):
+            rss_before = tree_rss(proc)
+            outcomes, wall, peak = asyncio.run(load(url, proc, bodies, args.concurrency,
+                                                    args.request_timeout))
+            time.sleep(0.5)
+            rss_after = tree_rss(proc)
+            batches = httpx.get(f"{url}/healthz", timeout=5).json()["batches"]
+            batches["count"], seen = batches["count"] - seen, batches["count"]  # this round's
+            name = f"{label} r{round_}" if args.rounds > 1 else label
+            reports.append(RunReport(name, outcomes, wall, rss_before, peak, rss_after, batches))
         alive = server.poll() is None
     finally:
         server.terminate()
@@ -193,7 +200,7 @@ def run_config(label: str, serve_args: list[str], bodies, args) -> RunReport:
             server.kill()
     if not alive:
         raise SystemExit(f"{label}: the server died during the run")
-    return RunReport(label, outcomes, wall, rss_before, peak, rss_after, batches)
+    return reports
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -232,10 +239,13 @@ def main() -> None:
     parser.add_argument("--batches", default="1,4", help="--max-batch values, side by side")
     parser.add_argument("--window-ms", type=float, default=10.0)
     parser.add_argument("--threads", type=int, default=None, help="server torch threads")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="repeat the load on the same server (memory must stay flat)")
     parser.add_argument("--request-timeout", type=float, default=120.0, help="client timeout")
     args = parser.parse_args()
-    if not 0 < args.requests <= 5000 or not 0 < args.concurrency <= 256:
-        raise SystemExit("keep it bounded: 1..5000 requests, 1..256 concurrent")
+    if (not 0 < args.requests <= 5000 or not 0 < args.concurrency <= 256
+            or not 0 < args.rounds <= 10):
+        raise SystemExit("keep it bounded: 1..5000 requests, 1..256 concurrent, 1..10 rounds")
 
     rng = random.Random(0)
     images = real_images(64)
@@ -244,8 +254,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         model = args.model or str(tiny_checkpoint(Path(tmp)))
         base = ["--model", model, "--image-size", str(args.image_size),
-                "--batch-window-ms", str(args.window_ms),
-                "--max-concurrency", str(args.concurrency)]
+                "--batch-window-ms", str(args.window_ms)]
         if args.threads:
             base += ["--threads", str(args.threads)]
         print(f"machine: {machine()}")
@@ -257,7 +266,9 @@ def main() -> None:
         for value in args.batches.split(","):
             label = f"max-batch {int(value)}"
             print(f"running {label} ...", flush=True)
-            reports.append(run_config(label, [*base, "--max-batch", value], bodies, args))
+            # the server's default admission (4 working, 64 queued) unless the batch needs more
+            serve = [*base, "--max-batch", value, "--max-concurrency", str(max(4, int(value)))]
+            reports.extend(run_config(label, serve, bodies, args))
     print()
     print_table(reports)
     lost = sum(r.lost() for r in reports)
