@@ -20,6 +20,18 @@ def pymatting() -> Any:
 
 
 @contextlib.contextmanager
+def quiet_solver() -> Iterator[None]:
+    """Serial numba (see :func:`serial_numba`), no warnings, and no pymatting ``print``s (it
+    prints preconditioner advice to stdout, which would corrupt ``s3od remove -o -``)."""
+    import io
+    import warnings
+
+    with serial_numba(), warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        yield
+
+
+@contextlib.contextmanager
 def serial_numba() -> Iterator[None]:
     """Run pymatting's numba kernels on the calling thread only.
 

@@ -9,11 +9,9 @@ holding such pixels are solved and only those pixels are rewritten.
 
 from __future__ import annotations
 
-import warnings
-
 import numpy as np
 
-from s3od.refine._pymatting import pymatting, serial_numba
+from s3od.refine._pymatting import pymatting, quiet_solver
 
 
 def soft_tiles(alpha: np.ndarray, tile: int) -> list[tuple[slice, slice]]:
@@ -55,8 +53,7 @@ def defringe(rgba: np.ndarray, *, tile: int = 512, margin: int = 32,
         xs = slice(max(0, cols.start - margin), min(w, cols.stop + margin))
         image = rgba[ys, xs, :3].astype(np.float64) / 255.0
         a = alpha[ys, xs].astype(np.float64) / 255.0
-        with warnings.catch_warnings(), serial_numba():
-            warnings.simplefilter("ignore")
+        with quiet_solver():
             fg = solve(image, a, regularization=regularization)
         core = (slice(rows.start - ys.start, rows.stop - ys.start),
                 slice(cols.start - xs.start, cols.stop - xs.start))

@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import logging
 import time
-import warnings
 from dataclasses import dataclass
 
 import numpy as np
 
-from s3od.refine._pymatting import pymatting, serial_numba
+from s3od.refine._pymatting import pymatting, quiet_solver
 from s3od.refine.guided import _erode
 
 log = logging.getLogger("s3od")
@@ -103,8 +102,7 @@ def matte_tiles(rgb: np.ndarray, trimap: np.ndarray, alpha: np.ndarray, *,
         xs = slice(max(0, cols.start - margin), min(w, cols.stop + margin))
         tri = trimap[ys, xs]
         if (tri == FOREGROUND).any() and (tri == BACKGROUND).any():
-            with warnings.catch_warnings(), serial_numba():
-                warnings.simplefilter("ignore")
+            with quiet_solver():
                 solved = solve(rgb[ys, xs].astype(np.float64) / 255.0,
                                tri.astype(np.float64) / 255.0)
             core = (slice(rows.start - ys.start, rows.stop - ys.start),
