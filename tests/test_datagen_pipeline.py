@@ -227,8 +227,9 @@ def _run(args: list[str], cwd: Path, timeout: int = 300) -> subprocess.Completed
                           text=True, timeout=timeout)
 
 
-def test_published_generate_command_verbatim(tmp_path):
-    """``python generate_train_images.py --config_path generation_config.yaml`` (README)."""
+def test_published_generate_command_in_process(tmp_path, monkeypatch):
+    """The README's generate flags through the CLI (in-process; the subprocess runs of every
+    published script are in the slow test below), tiny FLUX and teacher loaded from disk."""
     from s3od.hub import save_checkpoint
 
     save_tiny_flux(tmp_path / "flux")
@@ -241,10 +242,16 @@ def test_published_generate_command_verbatim(tmp_path):
     import yaml
 
     (tmp_path / "generation_config.yaml").write_text(yaml.safe_dump(cfg))
-    script = PACKAGE / "flux_finetune" / "generate_train_images.py"
-    done = _run([str(script), "--config_path", "generation_config.yaml"], tmp_path)
-    assert done.returncode == 0, done.stderr[-2000:]
+    from typer.testing import CliRunner
+
+    from synth_sod.data_generation.cli import app
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("S3OD_NO_PROGRESS", "1")
+    result = CliRunner().invoke(app, ["generate", "--config_path", "generation_config.yaml"])
+    assert result.exit_code == 0, result.output[-2000:]
     assert (tmp_path / "gen" / "goldfish" / "metadata" / "0.json").is_file()
+    assert "1 done" in result.output
     mask = np.asarray(Image.open(tmp_path / "gen" / "goldfish" / "masks" / "0.png"))
     assert mask.dtype == np.uint8 and mask.ndim == 2
 

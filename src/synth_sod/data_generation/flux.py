@@ -107,7 +107,7 @@ def load_pipeline(model_path: str | os.PathLike, *, img2img: bool = False,
                             "model_index.json; set model_path in the config)")
     cls = FluxImg2ImgPipeline if img2img else FluxPipeline
     try:
-        pipe = cls.from_pretrained(str(model_path), torch_dtype=resolve_dtype(dtype))
+        pipe = cls.from_pretrained(str(model_path), dtype=resolve_dtype(dtype))
     except (OSError, ValueError) as err:
         raise PipelineError(f"cannot load FLUX from {model_path}: {err}") from err
     if lora_path:
