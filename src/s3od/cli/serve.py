@@ -21,7 +21,8 @@ def serve(
     image_size: int = typer.Option(None, help="Network input size (default: the model's)."),
     threads: int = typer.Option(None, min=1, help="torch CPU threads (default: torch's)."),
     max_batch: int = typer.Option(None, min=1, max=64,
-                                  help="Batch concurrent requests into one forward pass. [1]"),
+                                  help="Batch concurrent requests into one forward pass (pays "
+                                       "off on GPUs; keep --max-concurrency above it). [1]"),
     batch_window_ms: float = typer.Option(None, min=0,
                                           help="How long a request waits for a batch. [10]"),
     max_upload_bytes: int = typer.Option(None, min=1, help="Largest body accepted. [20 MiB]"),
