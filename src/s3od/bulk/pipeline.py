@@ -447,8 +447,8 @@ def remove_backgrounds_ray(
     try:
         model_ref = ray.put(payload)
         del payload
-        dataset = ray.data.from_items(rows, override_num_blocks=max(1, math.ceil(
-            len(rows) / batch_size)))
+        blocks = max(1, math.ceil(len(rows) / batch_size))
+        dataset = ray.data.from_items(rows, override_num_blocks=blocks)
         statuses = dataset.map_batches(
             _RemovalActor,
             fn_constructor_kwargs={
@@ -459,7 +459,8 @@ def remove_backgrounds_ray(
             },
             batch_size=batch_size,
             batch_format="numpy",
-            compute=ray.data.ActorPoolStrategy(size=num_actors),
+            # No more model copies than there are batches to give them.
+            compute=ray.data.ActorPoolStrategy(size=min(num_actors, blocks)),
             num_cpus=cpus_per_actor,
             num_gpus=gpus_per_actor or None,
         )
