@@ -19,7 +19,7 @@ from .conftest import SHARED, SHARED_DATA, needs_shared
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _train(tmp_path: Path, *overrides: str, timeout: int = 300) -> subprocess.CompletedProcess:
+def _train(tmp_path: Path, *overrides: str, timeout: int = 600) -> subprocess.CompletedProcess:
     cmd = [
         sys.executable, "-m", "synth_sod.model_training.train",
         "model=dino_tiny", "dataset=folders", "backend=cpu", "backend.num_threads=1",
@@ -46,7 +46,7 @@ def _train(tmp_path: Path, *overrides: str, timeout: int = 300) -> subprocess.Co
 
 @needs_shared
 def test_train_resume_test_stage_export_predict(tmp_path):
-    first = _train(tmp_path, "backend.max_epochs=1")
+    first = _train(tmp_path, "backend.max_epochs=1", "train_stage.enable_image_logging=true")
     assert "[train] epoch 0 step 2" in first.stdout
     assert "[val] epoch 0" in first.stdout
     ckpt_dir = tmp_path / "run" / "checkpoints" / "tiny"
@@ -56,6 +56,8 @@ def test_train_resume_test_stage_export_predict(tmp_path):
     # test stage ran the evaluation API on the configured set and wrote its table
     results = tmp_path / "run" / "logs" / "tiny" / "test_results.csv"
     assert results.is_file() and "s3od-fixture" in results.read_text()
+    assert list((tmp_path / "run" / "logs" / "tiny").glob("version_0/events.out.tfevents.*"))
+    assert (tmp_path / "run" / "logs" / "tiny" / "version_0" / "metrics.csv").is_file()
 
     second = _train(tmp_path, "backend.max_epochs=2", "training_hyperparams.resume=True",
                     "train_stage.evaluation.enabled=false")

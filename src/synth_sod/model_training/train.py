@@ -200,12 +200,15 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         es = {k: v for k, v in stage.early_stopping.items() if k != "enabled"}
         callbacks.append(EarlyStopping(**es))
     log_dir = Path(stage.log_dir)
-    loggers: list = [CSVLogger(save_dir=log_dir, name=str(stage.experiment_name))]
+    loggers: list = []
     try:
-        loggers.insert(0, TensorBoardLogger(save_dir=log_dir, name=str(stage.experiment_name),
-                                            default_hp_metric=False))
+        loggers.append(TensorBoardLogger(save_dir=log_dir, name=str(stage.experiment_name),
+                                         default_hp_metric=False))
     except ModuleNotFoundError:
         log.warning("tensorboard is not installed: CSV logs only")
+    # Same version folder as TensorBoard: logs/<experiment>/version_N/{events,metrics.csv}
+    loggers.append(CSVLogger(save_dir=log_dir, name=str(stage.experiment_name),
+                             version=loggers[0].version if loggers else None))
     trainer = build_trainer(cfg, callbacks, loggers)
     if trainer.is_global_zero:
         n_params = sum(p.numel() for p in module.model.parameters())
