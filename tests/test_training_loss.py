@@ -167,3 +167,25 @@ def test_loss_goes_down_on_a_fixed_real_batch(one_thread):
         opt.step()
         losses.append(loss.item())
     assert np.mean(losses[-3:]) < 0.7 * np.mean(losses[:3]), losses
+
+
+@pytest.mark.parametrize("model_cfg", [
+    {"architecture": "lite", "params": {"features": 16, "mask_upsample_features": 16,
+                                        "mask_inter_features": 8}},
+    {"architecture": "dpt_dinov3", "params": {
+        "encoder_config": {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 4,
+                           "num_attention_heads": 2, "num_register_tokens": 4},
+        "layer_indices": [1, 2, 3, 4], "features": 16, "out_channels": [8, 16, 32, 32],
+        "num_masks": 3}},
+])
+def test_every_trainable_parameter_gets_a_gradient(model_cfg, one_thread):
+    """What DDP (without find_unused_parameters) requires."""
+    from synth_sod.model_training.models import build_training_model
+
+    torch.manual_seed(0)
+    model = build_training_model(model_cfg)
+    out = model(torch.randn(2, 3, 64, 64))
+    loss, _ = MultiMaskLoss(FOCAL_IOU)(out, _target(2, 64, 64))
+    loss.backward()
+    missing = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    assert not missing

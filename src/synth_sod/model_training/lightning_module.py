@@ -178,9 +178,10 @@ class SegmentationLightningModule(pl.LightningModule):
         head_mult = float(opt_cfg.get("head_lr_multiplier", 10.0))
         encoder = getattr(self.model, "encoder", None)
         enc_ids = {id(p) for p in encoder.parameters()} if encoder is not None else set()
-        enc_params = [p for p in self.model.parameters() if id(p) in enc_ids and p.requires_grad]
-        head_params = [p for p in self.model.parameters()
-                       if id(p) not in enc_ids and p.requires_grad]
+        # Frozen parameters stay in their group (AdamW skips tensors without a gradient), so the
+        # optimizer state of a checkpoint fits whatever is frozen when the run resumes.
+        enc_params = [p for p in self.model.parameters() if id(p) in enc_ids]
+        head_params = [p for p in self.model.parameters() if id(p) not in enc_ids]
         groups = [{"params": head_params, "lr": lr * head_mult, "name": "head"}]
         if enc_params:
             groups.insert(0, {"params": enc_params, "lr": lr, "name": "encoder"})

@@ -38,8 +38,33 @@ def load_pretrained_dinov3(encoder: nn.Module, hub_id: str, **kwargs: Any) -> No
     log.info("loaded DINOv3 weights from %s", hub_id)
 
 
+def freeze_unused(model: nn.Module) -> nn.Module:
+    """Freeze parameters the forward pass never uses, so DDP needs no unused-parameter search.
+
+    The DPT fusion chain's deepest block (``refinenet4``) never receives a skip input, so its
+    first residual unit exists (published checkpoints hold it) but never runs. The DINOv3
+    encoder's mask token (masked-image modelling only) and final norm (the decoder reads the
+    raw block outputs) are likewise unused.
+    """
+    scratch = getattr(getattr(model, "seg_head", None), "scratch", None)
+    unit = getattr(getattr(scratch, "refinenet4", None), "resConfUnit1", None)
+    if unit is not None:
+        unit.requires_grad_(False)
+    encoder = getattr(model, "encoder", None)
+    embeddings = getattr(encoder, "embeddings", None)
+    if isinstance(getattr(embeddings, "mask_token", None), nn.Parameter):
+        embeddings.mask_token.requires_grad_(False)
+    if isinstance(getattr(encoder, "norm", None), nn.Module):
+        encoder.norm.requires_grad_(False)
+    return model
+
+
 def build_training_model(cfg: Mapping[str, Any]) -> nn.Module:
     """``cfg``: ``architecture``, ``params`` and optional ``pretrained`` / ``encoder_name``."""
+    return freeze_unused(_build(cfg))
+
+
+def _build(cfg: Mapping[str, Any]) -> nn.Module:
     arch = cfg["architecture"]
     params = dict(cfg.get("params") or {})
     pretrained = bool(cfg.get("pretrained", False))
