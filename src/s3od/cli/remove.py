@@ -101,6 +101,11 @@ def remove(
     all_masks: bool = typer.Option(False, "--all-masks",
                                    help="Also write every candidate mask, named by its IoU."),
     batch_size: int = typer.Option(4, min=1, help="Images per forward pass."),
+    precision: str = typer.Option(
+        "auto", help="auto, fp32, bf16 or fp16. auto: bf16 on CPUs with AMX/AVX512-BF16 and "
+                     "recent GPUs, fp16 on older GPUs, else fp32 (see docs/speed.md)."),
+    compile_model: bool = typer.Option(False, "--compile",
+                                       help="torch.compile the model (slow first batch)."),
     skip_existing: bool = typer.Option(False, "--skip-existing",
                                        help="Skip inputs whose output already exists."),
     threshold: float = typer.Option(0.5, min=0.0, max=1.0, help="Threshold used by --crop."),
@@ -210,11 +215,14 @@ def remove(
     from s3od.export.ort_predictor import load_remover
 
     try:
-        remover = load_remover(model, image_size=image_size, device=device)  # *.onnx: ORT
+        remover = load_remover(model, image_size=image_size, device=device,  # *.onnx: ORT
+                               precision=precision, compile=compile_model)
     except (S3ODError, ValueError, ImportError) as err:
         raise fail(str(err)) from None
+    runtime = getattr(remover, "runtime", None)
     console.print(f"[dim]model {remover.model_name} ({remover.source}), "
-                  f"{remover.image_size}px, {remover.device}[/]")
+                  f"{remover.image_size}px, {remover.device}"
+                  f"{', ' + runtime.describe() if runtime else ''}[/]")
 
     if stdin_mode:
         data = sys.stdin.buffer.read()

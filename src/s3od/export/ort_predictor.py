@@ -218,14 +218,21 @@ def is_onnx_model(model: object) -> bool:
 
 
 def load_remover(model: str | os.PathLike | None = None, image_size: int | None = None,
-                 device: str | None = None) -> Any:
+                 device: str | None = None, *, precision: str = "fp32",
+                 compile: bool = False) -> Any:
     """The right predictor for ``model``: ONNX Runtime for ``*.onnx`` files, PyTorch otherwise.
 
     Both expose ``predict_arrays``, ``remove_background(s)`` and return ``RemovalResult``; torch
-    is imported only for the PyTorch case.
+    is imported only for the PyTorch case. ``precision`` and ``compile`` are PyTorch options
+    (see :class:`~s3od.predictor.BackgroundRemoval`); an ONNX file runs as it was exported, so
+    only ``fp32``/``auto`` are accepted for it.
     """
     if is_onnx_model(model):
+        if precision not in ("fp32", "auto") or compile:
+            raise ValueError("--precision bf16/fp16 and --compile apply to PyTorch models; "
+                             "an ONNX model runs as it was exported")
         return OnnxBackgroundRemoval(model, image_size=image_size, device=device)  # type: ignore[arg-type]
     from s3od.predictor import BackgroundRemoval
 
-    return BackgroundRemoval(model, image_size=image_size, device=device)
+    return BackgroundRemoval(model, image_size=image_size, device=device, precision=precision,
+                             compile=compile)
