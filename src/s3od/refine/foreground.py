@@ -15,21 +15,22 @@ from s3od.refine._pymatting import pymatting, quiet_solver
 
 
 def soft_tiles(alpha: np.ndarray, tile: int) -> list[tuple[slice, slice]]:
-    """``(rows, cols)`` cores of ``tile x tile`` cells holding semi-transparent pixels."""
+    """``(rows, cols)`` cores of ``tile x tile`` cells holding semi-transparent pixels.
+
+    Scanned a band of ``tile`` rows at a time, so no full-size boolean maps are made.
+    """
     h, w = alpha.shape
-    soft = (alpha > 0) & (alpha < 255)
-    rows_any = [soft[y:y + tile] for y in range(0, h, tile)]
     cells = []
-    for i, band in enumerate(rows_any):
-        y = i * tile
-        cols = band.any(axis=0)
+    for y in range(0, h, tile):
+        band = alpha[y:y + tile]
+        cols = ((band > 0) & (band < 255)).any(axis=0)
         for x in range(0, w, tile):
             if cols[x:x + tile].any():
                 cells.append((slice(y, min(h, y + tile)), slice(x, min(w, x + tile))))
     return cells
 
 
-def defringe(rgba: np.ndarray, *, tile: int = 512, margin: int = 32,
+def defringe(rgba: np.ndarray, *, tile: int = 128, margin: int = 16,
              regularization: float = 1e-5) -> int:
     """Replace the colour of semi-transparent pixels of ``rgba`` by the estimated foreground.
 

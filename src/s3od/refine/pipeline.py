@@ -92,9 +92,10 @@ def _matting(rgb: np.ndarray, low: np.ndarray, config: RefineConfig,
         work_rgb = rgb
     alpha = guided_upsample(work_rgb, low, radius=config.radius, eps=config.eps,
                             out=out if scale == 1.0 else None)
-    coarse = _fit(low, work_h, work_w)
-    trimap = make_trimap(coarse, band_width(work_h, work_w, config.band))
-    del coarse
+    # The trimap comes from the guided alpha, not the network's mask: its uncertain band is
+    # already narrowed to the photo's edges, so the solver has fewer unknowns and a better
+    # start where the network is vague.
+    trimap = make_trimap(alpha, band_width(work_h, work_w, config.band))
     report = matte_tiles(work_rgb, trimap, alpha, method=config.method,
                          time_budget_s=config.time_budget_s)
     log.debug("matting: %s", report)
