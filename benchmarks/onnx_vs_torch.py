@@ -88,8 +88,8 @@ def timed(fn) -> tuple[float, float]:
 def bench(key: str, size: int, batch: int, reps: int, threads: int, folder: Path) -> dict:
     arch, config = MODELS[key]
     torch.manual_seed(0)
-    images = photos(max(batch, 2))
-    model = calibrate(build_model(arch, **config), images[:2], size)
+    images = photos(max(batch, 4))
+    model = calibrate(build_model(arch, **config), images, size)
     path = folder / f"{key}-{size}.onnx"
     # The agreement is measured below on the benchmark batch; skip the exporter's own check.
     report = export_onnx(model, path, image_size=size, verify=False)
