@@ -21,7 +21,7 @@ from s3od.refine import (
     refine_alpha,
     upsample_bilinear,
 )
-from s3od.refine.guided import box_mean
+from s3od.refine.guided import banded_coefficients, box_mean, guided_coefficients
 from tests.conftest import SAMPLES
 from tests.luma_model import luma_remover
 
@@ -80,6 +80,15 @@ def test_box_mean_equals_a_brute_force_window_mean():
     expected = np.array([[x[max(0, i - r):i + r + 1, max(0, j - r):j + r + 1].mean()
                           for j in range(13)] for i in range(9)])
     np.testing.assert_allclose(box_mean(x, r), expected, atol=1e-12)
+
+
+def test_banded_guided_coefficients_equal_the_whole_image_solve():
+    rng = np.random.default_rng(4)
+    guide = rng.random((300, 40, 3)).astype(np.float32)
+    src = rng.random((300, 40)).astype(np.float32)
+    whole = guided_coefficients(guide, src, 3, 1e-3)
+    np.testing.assert_allclose(banded_coefficients(guide, src, 3, 1e-3, rows=32), whole,
+                               atol=1e-6)
 
 
 def test_guided_upsampling_recovers_edges_a_bilinear_upsample_blurs(composite):

@@ -30,7 +30,7 @@ def soft_tiles(alpha: np.ndarray, tile: int) -> list[tuple[slice, slice]]:
     return cells
 
 
-def defringe(rgba: np.ndarray, *, tile: int = 128, margin: int = 16,
+def defringe(rgba: np.ndarray, *, tile: int = 256, margin: int = 16,
              regularization: float = 1e-5) -> int:
     """Replace the colour of semi-transparent pixels of ``rgba`` by the estimated foreground.
 

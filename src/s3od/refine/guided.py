@@ -56,6 +56,27 @@ def guided_coefficients(guide: np.ndarray, src: np.ndarray, radius: int,
     return coef.astype(np.float32)
 
 
+def banded_coefficients(guide: np.ndarray, src: np.ndarray, radius: int, eps: float,
+                        rows: int = 256) -> np.ndarray:
+    """:func:`guided_coefficients` computed ``rows`` rows at a time, with the same result.
+
+    Each band is solved with ``2 * radius`` rows of context on both sides (one box filter for
+    the coefficients, one to smooth them), so its kept rows are exact, and the float64
+    scratch stays at band size even for a 2048 px working resolution.
+    """
+    h = guide.shape[0]
+    if h <= rows:
+        return guided_coefficients(guide, src, radius, eps)
+    out = np.empty((*src.shape, 4), np.float32)
+    pad = 2 * radius
+    for start in range(0, h, rows):
+        stop = min(h, start + rows)
+        lo, hi = max(0, start - pad), min(h, stop + pad)
+        band = guided_coefficients(guide[lo:hi], src[lo:hi], radius, eps)
+        out[start:stop] = band[start - lo:stop - lo]
+    return out
+
+
 def _erode(mask: np.ndarray, radius: int) -> np.ndarray:
     """Binary erosion by a ``(2r+1)^2`` square (outside the image counts as set)."""
     return box_mean(mask.astype(np.float32), radius) > 1.0 - 1e-6
@@ -98,7 +119,7 @@ def guided_upsample(rgb: np.ndarray, low: np.ndarray, *, radius: int | None = No
         # A blurred network edge would be reproduced faithfully (texture included); a crisp
         # target lets the filter rebuild the soft edge from the photo instead (feathering).
         low = np.clip((low - 0.5) * sharpen + 0.5, 0.0, 1.0)
-    coef = guided_coefficients(guide, low, r, eps)
+    coef = banded_coefficients(guide, low, r, eps)
     del guide
     if confident is not None:
         # Far from the boundary the mask is trusted as is: textures inside the object (or in
