@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -52,7 +53,7 @@ def remove_videos(sources: list[Path], output: Path | None, *, model: str | None
     try:
         from s3od.video import OUTPUT_SUFFIXES, output_format, remove_video_background
     except MissingDependencyError as err:
-        raise fail(str(err)) from None
+        raise fail(escape(str(err))) from None
     transparent = background is None and not mask_only
     default_suffix = ".webm" if transparent else ".mp4"
     single = len(sources) == 1
@@ -99,9 +100,9 @@ def remove_videos(sources: list[Path], output: Path | None, *, model: str | None
                     background=background, mask_only=mask_only, audio=audio,
                     on_progress=on_progress)
             except MissingDependencyError as err:
-                raise fail(str(err)) from None
+                raise fail(escape(str(err))) from None
             except (S3ODError, OSError) as err:
-                summary.failed.append((str(source), str(err)))
+                summary.failed.append((str(source), escape(str(err))))
                 continue
             progress.update(task, total=report.frames, completed=report.frames)
             console.print(f"[dim]{target}: {report.frames} frames, "

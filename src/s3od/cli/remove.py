@@ -111,11 +111,11 @@ def remove(
     threshold: float = typer.Option(0.5, min=0.0, max=1.0, help="Threshold used by --crop."),
     refine: str = typer.Option("none", "--refine",
                                help="Edges: none, guided (fast guided filter) or matting "
-                                    "(trimap matting, needs s3od[edges])."),
+                                    "(trimap matting, needs s3od\\[edges])."),
     fg_estimate: bool = typer.Option(
         None, "--fg-estimate/--no-fg-estimate",
         help="Estimate foreground colours at soft edges (no halo of the old background). "
-             "Default: on for transparent image outputs when s3od[edges] is installed."),
+             "Default: on for transparent image outputs when s3od\\[edges] is installed."),
     matting_budget: float = typer.Option(30.0, min=0.0,
                                          help="Seconds of matting per image (--refine matting)."),
     temporal_smoothing: float = typer.Option(
@@ -178,7 +178,7 @@ def remove(
         fg_estimate = transparent and not videos and _has_pymatting()
     if (fg_estimate or config.mode == "matting") and not _has_pymatting():
         raise fail("--fg-estimate and --refine matting need pymatting: "
-                   "pip install 's3od[edges]'")
+                   "pip install 's3od\\[edges]'")
 
     if videos:
         if len(videos) != len(inputs):
