@@ -243,7 +243,8 @@ def test_cli_remove_runs_an_onnx_model(tmp_path, lite_onnx, lite_checkpoint):
         target = tmp_path / f"{name}.png"
         result = runner.invoke(app, ["remove", str(SAMPLES / "coffee.jpg"), "-m", str(model),
                                      "--image-size", str(LITE_SIZE), "-o", str(target),
-                                     "--no-fg-estimate", "--device", "cpu"])
+                                     "--no-fg-estimate", "--device", "cpu",
+                                     "--precision", "fp32"])  # the CLI's auto may pick bf16
         assert result.exit_code == 0, result.output
         outputs[name] = np.asarray(load_image_rgba(target))
     assert "CPUExecutionProvider" in runner.invoke(app, [
