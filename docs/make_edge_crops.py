@@ -4,8 +4,9 @@
 
 For each committed sample photo (assets/samples, permissive licences) the model predicts one
 mask; the same network mask then goes through each refine mode and is composited over a dark
-colour, where any halo of the old (light) background shows. Crops are enlarged 3x with
-nearest-neighbour sampling so single pixels stay visible. Writes docs/images/edges_<name>.png.
+colour, where any halo of the old (light) background shows; the alpha is shown below each.
+Crops are enlarged 3x or 6x with nearest-neighbour sampling so single pixels stay visible.
+Writes docs/images/edges_<name>.png.
 """
 
 from __future__ import annotations
@@ -17,12 +18,13 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 REPO = Path(__file__).resolve().parents[1]
-# (sample, crop box left, top, right, bottom in photo pixels, background colour)
+# output name: (sample photo, crop box left, top, right, bottom in photo pixels, background
+# colour, enlargement)
 CROPS = {
-    "astronaut": ((150, 5, 330, 125), (20, 40, 90)),
-    "cat": ((250, 0, 451, 120), (20, 40, 90)),
+    "astronaut": ("astronaut", (150, 5, 330, 125), (20, 40, 90), 3),
+    "astronaut_hair": ("astronaut", (152, 30, 212, 100), (20, 40, 90), 6),
+    "cat": ("cat", (250, 0, 451, 120), (20, 40, 90), 3),
 }
-ZOOM = 3
 
 
 def panels(remover, name: str, box: tuple[int, int, int, int],
@@ -47,15 +49,15 @@ def panels(remover, name: str, box: tuple[int, int, int, int],
     return out
 
 
-def grid(items: list[tuple[str, np.ndarray]]) -> Image.Image:
+def grid(items: list[tuple[str, np.ndarray]], zoom: int) -> Image.Image:
     h, w = items[0][1].shape[:2]
     pad, label_h = 6, 18
-    sheet = Image.new("RGB", (len(items) * (w * ZOOM + pad) + pad, h * ZOOM + label_h + pad),
+    sheet = Image.new("RGB", (len(items) * (w * zoom + pad) + pad, h * zoom + label_h + pad),
                       (255, 255, 255))
     draw = ImageDraw.Draw(sheet)
     for i, (label, arr) in enumerate(items):
-        x = pad + i * (w * ZOOM + pad)
-        tile = Image.fromarray(arr).resize((w * ZOOM, h * ZOOM), Image.Resampling.NEAREST)
+        x = pad + i * (w * zoom + pad)
+        tile = Image.fromarray(arr).resize((w * zoom, h * zoom), Image.Resampling.NEAREST)
         sheet.paste(tile, (x, label_h))
         draw.text((x + 2, 3), label, fill=(0, 0, 0))
     return sheet
@@ -72,9 +74,9 @@ def main() -> None:
 
     torch.set_num_threads(1)
     remover = BackgroundRemoval(args.model, image_size=args.image_size, device="cpu")
-    for name, (box, colour) in CROPS.items():
+    for name, (sample, box, colour, zoom) in CROPS.items():
         path = REPO / "docs" / "images" / f"edges_{name}.png"
-        grid(panels(remover, name, box, colour)).save(path, optimize=True)
+        grid(panels(remover, sample, box, colour), zoom).save(path, optimize=True)
         print(f"wrote {path.relative_to(REPO)} ({remover.model_name}, {remover.image_size}px)")
 
 
