@@ -115,3 +115,13 @@ def test_single_file_default_output_name(tmp_path, tiny_lite_checkpoint):
     assert proc.returncode == 0, proc.stderr.decode()
     alpha = np.asarray(Image.open(tmp_path / "cat_nobg.png"))[..., 3]
     assert alpha.shape == (300, 451)
+    umask = os.umask(0)
+    os.umask(umask)
+    # atomic writes go through mkstemp (0600); the final file gets the usual permissions
+    assert (tmp_path / "cat_nobg.png").stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+def test_error_messages_keep_square_brackets(tmp_path):
+    proc = run_cli("remove", str(tmp_path / "photo[1].jpg"))
+    assert proc.returncode != 0
+    assert "photo[1].jpg" in proc.stderr.decode()

@@ -19,6 +19,9 @@ from s3od.errors import InvalidImageError
 
 ImageInput = str | os.PathLike | bytes | bytearray | IO[bytes] | Image.Image | np.ndarray
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
 # Refuse decompression bombs early; callers that need more can raise this.
 Image.MAX_IMAGE_PIXELS = 24_000 * 24_000
 
@@ -122,6 +125,7 @@ def save_image_atomic(image: Image.Image, path: str | os.PathLike, **save_kwargs
     try:
         with os.fdopen(fd, "wb") as fh:
             image.save(fh, format=fmt, **save_kwargs)
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp creates 0600; outputs get normal permissions
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -53,7 +53,7 @@ def remove_videos(sources: list[Path], output: Path | None, *, model: str | None
     try:
         from s3od.video import OUTPUT_SUFFIXES, output_format, remove_video_background
     except MissingDependencyError as err:
-        raise fail(escape(str(err))) from None
+        raise fail(str(err)) from None
     transparent = background is None and not mask_only
     default_suffix = ".webm" if transparent else ".mp4"
     single = len(sources) == 1
@@ -100,7 +100,7 @@ def remove_videos(sources: list[Path], output: Path | None, *, model: str | None
                     background=background, mask_only=mask_only, audio=audio,
                     on_progress=on_progress)
             except MissingDependencyError as err:
-                raise fail(escape(str(err))) from None
+                raise fail(str(err)) from None
             except (S3ODError, OSError) as err:
                 summary.failed.append((str(source), escape(str(err))))
                 continue
