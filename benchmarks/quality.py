@@ -1,0 +1,495 @@
+"""Quality of the bundled s3od-lite against baselines that need no weights (issue 5).
+
+Scores every method with :func:`s3od.evaluation.benchmark_model` on the same images:
+
+- ``s3od-lite``: the bundled weights (or ``--model``), at each ``--sizes`` input side;
+- spectral residual and fine-grained static saliency from OpenCV contrib (``cv2.saliency``),
+  each thresholded with Otsu (the rows the issue asks for) and as the raw map (so the
+  threshold-free metrics, maxF and meanEm, see the baseline at its best);
+- GrabCut started from a centred rectangle (10 % margin on every side), and that rectangle
+  itself as a mask, which shows what "the object is in the middle" alone is worth.
+
+Three tables: the clean evaluation split (the 70 held-out sod-bsds300 ids of
+``splits/lite_eval_bsds300.txt``, read through a temporary folder of symlinks), DAVIS-2016 dev
+and the s3od fixture. Both of the last two were in the lite training pool (``dataset=lite_real``)
+and DAVIS shares its 13 sequences with ``train/davis2016``: they are reported apart and are not a
+measure of generalisation.
+
+Besides the pysodmetrics suite, the clean split gets a plain per-image IoU (prediction >= 0.5,
+mask > 128, no min-max normalisation: the definition ``tests/test_default_model.py`` uses) with a
+paired bootstrap interval of s3od-lite's lead over each baseline, and the same IoU for the
+headline model run through deliberately broken pipelines (RGB read as BGR, no ImageNet
+normalisation, aspect ratio not kept, first candidate instead of the IoU head's pick): the
+regressions the test's floor is meant to catch.
+
+OpenCV contrib replaces the plain wheel (both provide ``cv2``)::
+
+    pip uninstall -y opencv-python-headless && pip install "s3od[eval,baselines]"
+
+Examples:
+    python benchmarks/quality.py                          # writes docs/quality.md
+    python benchmarks/quality.py --model runs/lite/checkpoints/lite_stage2/last.ckpt \\
+        --out /tmp/q.md --sizes 320
+    git show 6a7cda1:src/s3od/weights/s3od-lite.safetensors > /tmp/s3od-lite-stage1.safetensors
+    python benchmarks/quality.py --model bundled --model /tmp/s3od-lite-stage1.safetensors
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import hashlib
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+SPLIT_FILE = REPO / "src" / "synth_sod" / "model_training" / "splits" / "lite_eval_bsds300.txt"
+BUNDLED = REPO / "src" / "s3od" / "weights" / "s3od-lite.safetensors"
+#: Margin of the centred rectangle GrabCut starts from, as a fraction of each side.
+RECT_MARGIN = 0.1
+GRABCUT_ITERATIONS = 5
+TABLE_KEYS = ("MAE", "maxF", "Sm", "meanEm", "IoU", "wF", "BIoU")
+BOOTSTRAP_ROUNDS = 10_000
+
+
+# ----------------------------------------------------------------------------- baselines
+
+
+def _cv2() -> Any:
+    import cv2
+
+    if not hasattr(cv2, "saliency"):
+        raise SystemExit(
+            "cv2.saliency is missing: this is the plain OpenCV wheel. Replace it with contrib:\n"
+            "  pip uninstall -y opencv-python-headless && pip install 's3od[baselines]'"
+        )
+    return cv2
+
+
+def _otsu(saliency: np.ndarray) -> np.ndarray:
+    """Float map in [0, 1] -> binary float map, split at Otsu's threshold."""
+    cv2 = _cv2()
+    u8 = np.clip(np.rint(saliency * 255.0), 0, 255).astype(np.uint8)
+    _, binary = cv2.threshold(u8, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
+    return (binary > 0).astype(np.float32)
+
+
+def _saliency(kind: str, rgb: np.ndarray) -> np.ndarray:
+    cv2 = _cv2()
+    algo = (cv2.saliency.StaticSaliencySpectralResidual_create() if kind == "spectral"
+            else cv2.saliency.StaticSaliencyFineGrained_create())
+    ok, sal = algo.computeSaliency(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    if not ok:
+        return np.zeros(rgb.shape[:2], np.float32)
+    sal = sal.astype(np.float32)
+    if sal.max() > 1.0:  # some builds return 0..255
+        sal /= 255.0
+    return sal
+
+
+def centre_rect(shape: tuple[int, ...], margin: float = RECT_MARGIN) -> tuple[int, int, int, int]:
+    """``(x, y, w, h)`` of the centred rectangle leaving ``margin`` of each side outside."""
+    h, w = shape[:2]
+    x0, y0 = round(w * margin), round(h * margin)
+    return x0, y0, w - 2 * x0, h - 2 * y0
+
+
+def grabcut_centre(rgb: np.ndarray) -> np.ndarray:
+    """GrabCut from the centred rectangle; seeded so reruns give the same masks."""
+    cv2 = _cv2()
+    cv2.setRNGSeed(0)
+    mask = np.zeros(rgb.shape[:2], np.uint8)
+    bgd, fgd = np.zeros((1, 65), np.float64), np.zeros((1, 65), np.float64)
+    cv2.grabCut(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), mask, centre_rect(rgb.shape), bgd, fgd,
+                GRABCUT_ITERATIONS, cv2.GC_INIT_WITH_RECT)
+    return np.isin(mask, (cv2.GC_FGD, cv2.GC_PR_FGD)).astype(np.float32)
+
+
+def rect_mask(rgb: np.ndarray) -> np.ndarray:
+    x, y, w, h = centre_rect(rgb.shape)
+    out = np.zeros(rgb.shape[:2], np.float32)
+    out[y:y + h, x:x + w] = 1.0
+    return out
+
+
+BASELINES: dict[str, Callable[[np.ndarray], np.ndarray]] = {
+    "spectral residual + Otsu": lambda rgb: _otsu(_saliency("spectral", rgb)),
+    "fine-grained + Otsu": lambda rgb: _otsu(_saliency("fine", rgb)),
+    "GrabCut (centred rect)": grabcut_centre,
+    "spectral residual (raw map)": lambda rgb: _saliency("spectral", rgb),
+    "fine-grained (raw map)": lambda rgb: _saliency("fine", rgb),
+    "centred rect (GrabCut's start)": rect_mask,
+}
+
+
+@dataclass
+class _Mask:
+    predicted_mask: np.ndarray
+
+
+class MapPredictor:
+    """Duck-types the part of ``BackgroundRemoval`` that ``benchmark_model`` calls."""
+
+    def __init__(self, name: str, fn: Callable[[np.ndarray], np.ndarray]) -> None:
+        self.model_name = name
+        self.fn = fn
+
+    def remove_backgrounds(self, images: list[np.ndarray], batch_size: int = 1) -> list[_Mask]:
+        return [_Mask(self.fn(rgb)) for rgb in images]
+
+
+# ----------------------------------------------------------------------------- data
+
+
+def read_split(path: Path = SPLIT_FILE) -> list[str]:
+    """Ids of the evaluation split, one per line; ``#`` lines are comments."""
+    lines = (line.strip() for line in path.read_text().splitlines())
+    return [line for line in lines if line and not line.startswith("#")]
+
+
+def link_subset(source: Path, ids: list[str], dest: Path) -> Path:
+    """A set folder of symlinks (``images/``, ``masks/``) to ``ids`` of ``source``."""
+    for sub in ("images", "masks"):
+        (dest / sub).mkdir(parents=True, exist_ok=True)
+        files = {p.stem: p for p in (source / sub).iterdir()}
+        missing = [i for i in ids if i not in files]
+        if missing:
+            raise SystemExit(f"{source / sub} lacks {len(missing)} split ids, e.g. {missing[:3]}")
+        for i in ids:
+            (dest / sub / files[i].name).symlink_to(files[i].resolve())
+    return dest
+
+
+def plain_ious(pred_dir: Path, mask_dir: Path, ids: list[str]) -> list[float]:
+    """Per-image IoU of a saved prediction (>= 128) with the mask (> 128), in ``ids`` order."""
+    from s3od.evaluation import read_mask
+
+    masks = {p.stem: p for p in mask_dir.iterdir()}
+    out = []
+    for i in ids:
+        pred = read_mask(pred_dir / f"{i}.png") >= 128
+        gt = read_mask(masks[i]) > 128
+        union = np.logical_or(pred, gt).sum()
+        out.append(float(np.logical_and(pred, gt).sum() / union) if union else 1.0)
+    return out
+
+
+def paired_bootstrap(a: list[float], b: list[float], rounds: int = BOOTSTRAP_ROUNDS,
+                     seed: int = 0) -> tuple[float, float, float]:
+    """Mean of ``a - b`` and its 95 % percentile interval over images resampled with return."""
+    diff = np.asarray(a) - np.asarray(b)
+    rng = np.random.default_rng(seed)
+    means = diff[rng.integers(0, len(diff), (rounds, len(diff)))].mean(axis=1)
+    lo, hi = np.percentile(means, [2.5, 97.5])
+    return float(diff.mean()), float(lo), float(hi)
+
+
+# ----------------------------------------------------------------------------- report
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in subprocess.run(["lscpu"], capture_output=True, text=True,
+                                   timeout=10).stdout.splitlines():
+            if line.startswith("Model name:"):
+                cpu = line.split(":", 1)[1].strip()
+    except (OSError, subprocess.SubprocessError):
+        pass
+    import cv2
+    import torch
+
+    return (f"{cpu}, {os.cpu_count()} cores, {platform.system()}, Python "
+            f"{platform.python_version()}, torch {torch.__version__} (threads "
+            f"{torch.get_num_threads()}), OpenCV {cv2.__version__}")
+
+
+def load_text() -> str:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    """Markdown: one line per method, best value of each column in bold."""
+    from s3od.evaluation.metrics import SPECS
+
+    keys = [k for k in TABLE_KEYS if any(r["metrics"].get(k) is not None for r in rows)]
+    best = {}
+    for k in keys:
+        values = [r["metrics"][k] for r in rows if r["metrics"].get(k) is not None]
+        best[k] = (max if SPECS[k].higher_is_better else min)(values)
+    head = ["Method", "N", *(f"{k} {'↑' if SPECS[k].higher_is_better else '↓'}" for k in keys),
+            "s/img"]
+    lines = ["| " + " | ".join(head) + " |", "|:--|--:|" + "--:|" * (len(keys) + 1)]
+    for r in rows:
+        cells = []
+        for k in keys:
+            v = r["metrics"].get(k)
+            text = "-" if v is None else f"{v:.3f}"
+            cells.append(f"**{text}**" if v is not None and v == best[k] else text)
+        per_img = r["seconds"] / r["count"] if r["count"] else float("nan")
+        lines.append(f"| {r['model']} | {r['count']} | " + " | ".join(cells)
+                     + f" | {per_img:.3f} |")
+    return "\n".join(lines)
+
+
+def margins(rows: list[dict[str, Any]], ours: str, baselines: list[str]) -> str:
+    """Lead of ``ours`` over the best baseline, metric by metric."""
+    from s3od.evaluation.metrics import SPECS
+
+    by_model = {r["model"]: r["metrics"] for r in rows}
+    parts = []
+    for k in TABLE_KEYS:
+        values = {b: by_model[b][k] for b in baselines if by_model.get(b, {}).get(k) is not None}
+        if not values or by_model[ours].get(k) is None:
+            continue
+        higher = SPECS[k].higher_is_better
+        name, best = (max if higher else min)(values.items(), key=lambda kv: kv[1])
+        lead = by_model[ours][k] - best if higher else best - by_model[ours][k]
+        parts.append(f"| {k} | {by_model[ours][k]:.3f} | {best:.3f} ({name}) | {lead:+.3f} |")
+    return "\n".join(["| Metric | " + ours + " | best baseline | lead |", "|:--|--:|--:|--:|",
+                      *parts])
+
+
+# ----------------------------------------------------------------------------- regressions
+
+
+def _iou(pred: np.ndarray, gt: np.ndarray) -> float:
+    union = np.logical_or(pred, gt).sum()
+    return float(np.logical_and(pred, gt).sum() / union) if union else 1.0
+
+
+def regression_ious(remover: Any, images: list[np.ndarray], masks: list[np.ndarray],
+                    batch_size: int) -> dict[str, float]:
+    """Mean plain IoU of ``remover`` as shipped and through deliberately broken pipelines."""
+    from unittest import mock
+
+    from PIL import Image
+
+    from s3od import transforms
+
+    def mean_iou(preds: list[np.ndarray]) -> float:
+        return float(np.mean([_iou(p >= 0.5, g) for p, g in zip(preds, masks, strict=True)]))
+
+    def run(rgbs: list[np.ndarray]) -> list[Any]:
+        return remover.remove_backgrounds(rgbs, batch_size=batch_size)
+
+    shipped = run(images)
+    out = {"as shipped": mean_iou([r.predicted_mask for r in shipped]),
+           "first candidate, not the IoU head's pick": mean_iou(
+               [r.all_masks[0] for r in shipped]),
+           "RGB fed as BGR": mean_iou([r.predicted_mask for r in
+                                       run([np.ascontiguousarray(x[..., ::-1]) for x in images])])}
+    with mock.patch.object(transforms, "normalize", lambda t: t.float() / 255.0):
+        out["no ImageNet mean/std (0..1 input)"] = mean_iou(
+            [r.predicted_mask for r in run(images)])
+    size = remover.image_size
+    squares = [np.asarray(Image.fromarray(x).resize((size, size), Image.BILINEAR))
+               for x in images]
+    stretched = []
+    for rgb, result in zip(images, run(squares), strict=True):
+        back = Image.fromarray(result.predicted_mask.astype(np.float32), "F")
+        stretched.append(np.asarray(back.resize((rgb.shape[1], rgb.shape[0]), Image.BILINEAR)))
+    out["stretched to a square (aspect not kept)"] = mean_iou(stretched)
+    return out
+
+
+# ----------------------------------------------------------------------------- main
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", action="append", default=None,
+                        help="checkpoint path or registry name; repeat to compare several, the "
+                             "first is the headline ('bundled': the shipped s3od-lite, default)")
+    parser.add_argument("--sizes", default="512,320",
+                        help="input sides for the models; the first is the headline")
+    parser.add_argument("--shared", type=Path, default=SHARED, help="the ../shared folder")
+    parser.add_argument("--baselines", default=",".join(BASELINES),
+                        help="comma list of baseline names (empty for none)")
+    parser.add_argument("--no-davis", action="store_true", help="skip the DAVIS/fixture tables")
+    parser.add_argument("--no-regressions", action="store_true",
+                        help="skip the broken-pipeline rows")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--out", type=Path, default=REPO / "docs" / "quality.md")
+    parser.add_argument("--json", type=Path, default=None,
+                        help="also write every row and per-image IoUs here")
+    return parser.parse_args(argv)
+
+
+def _load_models(specs: list[str], sizes: list[int]) -> tuple[list[tuple[str, Any]], list[str]]:
+    """``[(label, remover)]`` for every model x size, and one provenance line per model."""
+    from s3od import BackgroundRemoval
+
+    methods, notes = [], []
+    for spec in specs:
+        path = BUNDLED if spec == "bundled" else Path(spec)
+        # Hash before loading: the file may be replaced while a long run goes on.
+        digest = f", sha256 `{sha256(path)[:16]}`" if path.is_file() else ""
+        model_id = "s3od-lite" if spec == "bundled" else spec
+        for size in sizes:
+            remover = BackgroundRemoval(model_id, image_size=size, device="cpu")
+            methods.append((f"{remover.model_name} @{size}", remover))
+        notes.append(f"- model `{remover.model_name}`: {remover.source}{digest}; runtime "
+                     f"{remover.runtime.describe()}")
+    return methods, notes
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    import torch
+
+    from s3od.evaluation import benchmark_model, read_mask
+    from s3od.imageio import load_image
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    data = args.shared / "data"
+    if not (data / "sod-bsds300").is_dir():
+        raise SystemExit(f"{data / 'sod-bsds300'} not found: pass --shared /path/to/shared")
+    baseline_names = [b for b in args.baselines.split(",") if b]
+    unknown = [b for b in baseline_names if b not in BASELINES]
+    if unknown:
+        raise SystemExit(f"unknown baselines {unknown}; choose from {', '.join(BASELINES)}")
+    if baseline_names:
+        _cv2()
+    sizes = [int(s) for s in args.sizes.split(",") if s]
+    ids = read_split()
+    command = " ".join(["python benchmarks/quality.py", *(sys.argv[1:] if argv is None else argv)])
+    load_start, started = load_text(), time.perf_counter()
+
+    models, model_notes = _load_models(args.model or ["bundled"], sizes)
+    ours = models[0][0]
+    methods = models + [(b, MapPredictor(b, BASELINES[b])) for b in baseline_names]
+
+    results: dict[str, list[dict[str, Any]]] = {"clean": [], "davis2016": [], "s3od-fixture": []}
+    per_image: dict[str, list[float]] = {}
+    with tempfile.TemporaryDirectory(prefix="s3od-quality-") as tmp:
+        clean = link_subset(data / "sod-bsds300", ids, Path(tmp) / "sod-bsds300-eval")
+        sets = {"clean": clean}
+        if not args.no_davis:
+            sets.update({k: data / k for k in ("davis2016", "s3od-fixture")
+                         if (data / k).is_dir()})
+        for label, method in methods:
+            for key, folder in sets.items():
+                pred_dir = Path(tmp) / "pred" / label.replace(" ", "_").replace("/", "_")
+                print(f"{label} / {key} ...", file=sys.stderr, flush=True)
+                row, = benchmark_model(method, folder, name=label, batch_size=args.batch_size,
+                                       save_pred=pred_dir if key == "clean" else None)
+                results[key].append(row)
+                if key == "clean":
+                    per_image[label] = plain_ious(pred_dir / row["set"], clean / "masks", ids)
+        regressions: dict[str, float] = {}
+        if not args.no_regressions:
+            print(f"{ours} / broken pipelines ...", file=sys.stderr, flush=True)
+            images = [load_image(next((clean / "images").glob(f"{i}.*"))) for i in ids]
+            masks = [read_mask(next((clean / "masks").glob(f"{i}.*"))) > 128 for i in ids]
+            regressions = regression_ious(models[0][1], images, masks, args.batch_size)
+    elapsed = time.perf_counter() - started
+
+    lines = [
+        "# s3od-lite quality vs. baselines without weights",
+        "",
+        "Written by `benchmarks/quality.py`; every number below was measured by it in one run.",
+        "",
+        f"- command: `{command}`",
+        f"- date: {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC, "
+        f"{elapsed / 60:.1f} min; load average at start {load_start}, at end {load_text()}",
+        f"- machine: {machine()}",
+        *model_notes,
+        "- metrics: `s3od.evaluation` (pysodmetrics conventions: predictions min-max normalised "
+        "per image; IoU at 0.5 after that); best value per column in bold; s/img is the whole "
+        "predict + score loop per image on this (shared) machine.",
+        "",
+        f"## Clean evaluation split: sod-bsds300, {len(ids)} held-out images",
+        "",
+        "Ids in `src/synth_sod/model_training/splits/lite_eval_bsds300.txt`; never trained on.",
+        "",
+        table(results["clean"]),
+        "",
+    ]
+    if baseline_names:
+        lines += [
+            f"### Lead of {ours} over the best baseline per metric",
+            "",
+            margins(results["clean"], ours, baseline_names),
+            "",
+            "### Plain per-image IoU (threshold 0.5, no normalisation) and paired bootstrap",
+            "",
+            "The definition `tests/test_default_model.py` checks. Interval: 95 % percentile "
+            f"over {BOOTSTRAP_ROUNDS} resamplings of the {len(ids)} images (paired).",
+            "",
+            "| Method | mean IoU | median | images with IoU < 0.3 | "
+            f"{ours} lead (95 % CI) |",
+            "|:--|--:|--:|--:|--:|",
+        ]
+        for label, values in per_image.items():
+            lead = ""
+            if label != ours:
+                mean, lo, hi = paired_bootstrap(per_image[ours], values)
+                lead = f"{mean:+.3f} ({lo:+.3f} .. {hi:+.3f})"
+            lines.append(f"| {label} | {np.mean(values):.3f} | {np.median(values):.3f} | "
+                         f"{sum(v < 0.3 for v in values)} | {lead} |")
+        lines.append("")
+    if regressions:
+        lines += [
+            f"### {ours} through broken pipelines (plain mean IoU, same {len(ids)} images)",
+            "",
+            "What the quality floor of `tests/test_default_model.py` has to catch.",
+            "",
+            "| Pipeline | mean IoU | change |",
+            "|:--|--:|--:|",
+            *(f"| {k} | {v:.3f} | {v - regressions['as shipped']:+.3f} |"
+              for k, v in regressions.items()),
+            "",
+        ]
+    if results["davis2016"]:
+        lines += [
+            "## DAVIS-2016 dev (not clean)",
+            "",
+            "`../shared/data/davis2016` (39 frames of 13 sequences). These frames are in the "
+            "lite training pool, and `train/davis2016` holds other frames of the same "
+            "sequences: this is a training-fit number, not generalisation.",
+            "",
+            table(results["davis2016"]),
+            "",
+        ]
+    if results["s3od-fixture"]:
+        lines += [
+            "## s3od fixture (not clean)",
+            "",
+            "One 1024 px image from the reference repository, probably generated, soft "
+            "pseudo-label mask; also in the lite training pool. Kept for parity only.",
+            "",
+            table(results["s3od-fixture"]),
+            "",
+        ]
+    text = "\n".join(lines)
+    print(text)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(text)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({"ids": ids, "rows": results, "plain_iou": per_image,
+                                         "regressions": regressions}, indent=1, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
