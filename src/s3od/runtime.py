@@ -117,7 +117,7 @@ def has_convolutions(model: nn.Module) -> bool:
 def auto_channels_last(device: torch.device, model: nn.Module) -> bool:
     """channels_last for convolutional models on CPU (oneDNN) and CUDA (cuDNN).
 
-    Measured on CPU by ``benchmarks/speed.py``: it never lost and won up to 2x in bf16. MPS is
+    Measured on CPU by ``benchmarks/speed.py``: it never lost (1.1-1.8x). MPS is
     left alone (its NHWC support varies between macOS releases).
     """
     return device.type in ("cpu", "cuda") and has_convolutions(model)
@@ -220,6 +220,16 @@ def _merge(conv: nn.Conv2d, norm: nn.BatchNorm2d) -> None:
     conv.bias = nn.Parameter(bias.to(conv.weight.dtype), requires_grad=False)
 
 
+def shared_copy(model: nn.Module) -> nn.Module:
+    """A copy of the module tree that shares every parameter and buffer with ``model``.
+
+    Costs almost no memory; changes to the copy's structure (a swapped sub-module, a wrapped
+    ``forward``) do not reach ``model``.
+    """
+    memo: dict[int, Any] = {id(t): t for t in (*model.parameters(), *model.buffers())}
+    return copy.deepcopy(model, memo)
+
+
 def fold_batchnorm(model: nn.Module, example: torch.Tensor) -> nn.Module:
     """An inference copy of ``model`` with each conv -> batch-norm pair merged into one conv.
 
@@ -231,8 +241,7 @@ def fold_batchnorm(model: nn.Module, example: torch.Tensor) -> nn.Module:
     pairs = _conv_bn_pairs(model, example)
     if not pairs:
         return model
-    memo: dict[int, Any] = {id(t): t for t in (*model.parameters(), *model.buffers())}
-    fused = copy.deepcopy(model, memo)
+    fused = shared_copy(model)
     for conv_name, norm_name in pairs:
         _merge(fused.get_submodule(conv_name), fused.get_submodule(norm_name))
         parent, _, child = norm_name.rpartition(".")
@@ -310,7 +319,8 @@ def prepare_model(
     if precision != "fp32":
         side = 4 * int(getattr(model, "size_multiple", 32))
         example = torch.randn(1, 3, side, side, device=device)
-        model = fold_batchnorm(model, to_memory_format(example, channels_last))
+        folded = fold_batchnorm(model, to_memory_format(example, channels_last))
+        model = folded if folded is not model else shared_copy(model)
         for name in FLOAT32_MODULES:
             with contextlib.suppress(AttributeError):
                 keep_float32(model.get_submodule(name))
