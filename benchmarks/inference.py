@@ -41,8 +41,8 @@ CONFIGS: dict[str, tuple[str, str, bool]] = {
     "+sdpa": ("inference", "sdpa", False),
     "+channels_last": ("inference", "sdpa", True),
 }
-COLUMNS = ["model", "size", "batch", "config", "img/s", "x autograd", "CPU s/img",
-           "peak RSS MB", "max |dp| vs +channels_last", "load"]
+COLUMNS = ["model", "size", "batch", "config", "img/s", "CPU s/img", "img/CPU-s",
+           "x autograd (CPU)", "peak RSS MB", "max |dp| vs +channels_last", "load"]
 
 
 def worker(job: dict[str, Any]) -> dict[str, Any]:
@@ -171,10 +171,12 @@ def main(argv: list[str] | None = None) -> int:
                             row["img/s"] = ("" if skipped else "error: ") + res["error"][:80]
                         else:
                             row.update({"img/s": res["img_s"], "CPU s/img": res["cpu_s_per_img"],
+                                        "img/CPU-s": 1 / res["cpu_s_per_img"],
                                         "peak RSS MB": res["peak_rss_mb"], "load": res["load"],
                                         "max |dp| vs +channels_last": res.get("max_abs_prob", "")})
-                            if base.get("img_s"):
-                                row["x autograd"] = res["img_s"] / base["img_s"]
+                            if base.get("cpu_s_per_img"):
+                                row["x autograd (CPU)"] = (base["cpu_s_per_img"]
+                                                           / res["cpu_s_per_img"])
                         rows.append(row)
     header = ["# s3od fp32 inference options (benchmarks/inference.py)", "",
               *(f"- {k}: {v}" for k, v in machine.items()),
