@@ -205,6 +205,17 @@ def peak_rss_mb() -> float:
     return rss / (1024 * 1024) if sys.platform == "darwin" else rss / 1024
 
 
+def short_hash(path: str | Path, limit: int = 64 << 20) -> str | None:
+    """First 12 hex digits of a weights file's SHA-256 (files up to ``limit`` bytes), so a run
+    notices when the file is replaced under it (the bundled model is still being trained)."""
+    import hashlib
+
+    path = Path(path)
+    if not path.is_file() or path.stat().st_size > limit:
+        return None
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:12]
+
+
 def run_worker(script: Path, payload: dict[str, Any], timeout: float) -> dict[str, Any]:
     """Run ``script --worker JSON`` in a fresh interpreter; its last stdout line is the result."""
     cmd = [sys.executable, str(script), "--worker", json.dumps(payload)]

@@ -121,6 +121,7 @@ def worker(job: dict[str, Any]) -> dict[str, Any]:
     steady_batch_s = best["predict_s"] / len(chunks)
     result: dict[str, Any] = {
         "runtime": runtime,
+        "weights_sha256": common.short_hash(job["model_path"]),
         "load_s": load_s,
         "first_call_s": first_call_s,
         "first_call_extra_s": first_call_s - steady_batch_s,
@@ -299,6 +300,10 @@ def run_all(args: argparse.Namespace, configs: list[str], images: list[Path], wo
                           file=sys.stderr)
                     if name not in group or res.get("img_s", 0) > group[name].get("img_s", 0):
                         group[name] = res
+                hashes = {r.get("weights_sha256") for r in group.values()} - {None}
+                if len(hashes) > 1:
+                    print(f"  warning: the weights changed during {key} {size}px b{batch}: "
+                          f"{sorted(hashes)}; rerun", file=sys.stderr)
                 base = group.get("fp32", {})
                 for name in configs:
                     res = group[name]
