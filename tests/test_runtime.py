@@ -87,6 +87,15 @@ def stand_ins(tmp_path_factory) -> dict[str, tuple[Path, str]]:
     return out
 
 
+@pytest.fixture(scope="module")
+def references(stand_ins) -> dict[str, list]:
+    """fp32 NCHW outputs of each stand-in on the photos (computed once)."""
+    photos = _photos()
+    return {name: BackgroundRemoval(path, image_size=SIZE, device="cpu", precision="fp32",
+                                    channels_last=False).predict_arrays(photos)
+            for name, (path, _) in stand_ins.items()}
+
+
 def _agreement(reference, other) -> tuple[float, float, bool]:
     """(min IoU of best masks, max over images of mean |dp|, same best candidate everywhere)."""
     ious, diffs, same = [], [], True
@@ -105,11 +114,11 @@ def _agreement(reference, other) -> tuple[float, float, bool]:
     ("fp32", True), ("bf16", False), ("bf16", True), ("auto", None),
     # fp16 is a GPU option; CPUs without AVX512-FP16 emulate it slowly (seconds here).
     pytest.param("fp16", True, marks=pytest.mark.slow)])
-def test_fast_paths_agree_with_fp32_on_real_photos(stand_ins, model, precision, channels_last):
+def test_fast_paths_agree_with_fp32_on_real_photos(stand_ins, references, model, precision,
+                                                   channels_last):
     path, kind = stand_ins[model]
     photos = _photos()
-    reference = BackgroundRemoval(path, image_size=SIZE, device="cpu", precision="fp32",
-                                  channels_last=False).predict_arrays(photos)
+    reference = references[model]
     fast = BackgroundRemoval(path, image_size=SIZE, device="cpu", precision=precision,
                              channels_last=channels_last)
     assert fast.precision in ("fp32", "bf16", "fp16")
