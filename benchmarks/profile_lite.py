@@ -7,7 +7,9 @@ full-resolution layers and the IoU head. Random weights: time and FLOPs do not d
 
 Example:
     python benchmarks/profile_lite.py --sizes 512,1024 \
-        --widths 64/32/16,48/32/16,32/16/8 --precision fp32,bf16
+        --widths 64/32/16,64/32/16/2,32/16/8/2 --precision fp32,bf16
+
+A fourth number in a width spec is the mask stride (2: masks at half resolution, upsampled).
 """
 
 from __future__ import annotations
@@ -37,9 +39,9 @@ PARTS = (
     ("encoder.stages.6", "encoder stride 32"),
     ("seg_head.scratch.layer", "decoder 3x3 projections"),
     ("seg_head.scratch.refinenet", "decoder fusion blocks"),
-    ("seg_head.mask_head.output_conv1", "mask head conv (1/2 res)"),
-    ("seg_head.mask_head.upsample_2x", "mask head upsample + conv (full res)"),
-    ("seg_head.mask_head.mask_heads", "mask head per-mask convs (full res)"),
+    ("seg_head.mask_head.output_conv1", "mask head first conv"),
+    ("seg_head.mask_head.upsample_2x", "mask head x2 upsample + conv"),
+    ("seg_head.mask_head.mask_heads", "mask head per-mask convs"),
     ("seg_head.classifier_head", "IoU head"),
 )
 
@@ -48,7 +50,7 @@ def _part(name: str) -> str | None:
     return next((label for prefix, label in PARTS if name.startswith(prefix)), None)
 
 
-def profile(widths: tuple[int, int, int], size: int, precision: str, repeats: int
+def profile(widths: tuple[int, ...], size: int, precision: str, repeats: int
             ) -> dict[str, dict[str, float]]:
     """``{part: {"gflops": ..., "ms": ...}}`` for one configuration, plus ``total``."""
     import torch
@@ -58,9 +60,10 @@ def profile(widths: tuple[int, int, int], size: int, precision: str, repeats: in
     from s3od.runtime import autocast, prepare_model
 
     torch.manual_seed(0)
-    features, upsample, inter = widths
+    features, upsample, inter, *rest = widths
     model = LiteSegmentation(features=features, mask_upsample_features=upsample,
-                             mask_inter_features=inter).eval()
+                             mask_inter_features=inter,
+                             mask_stride=rest[0] if rest else 1).eval()
     device = torch.device("cpu")
     runner, options = prepare_model(model, device, precision, channels_last=True)
     x = torch.randn(1, 3, size, size).contiguous(memory_format=torch.channels_last)
@@ -136,6 +139,7 @@ def main(argv: list[str] | None = None) -> int:
         for precision in args.precision.split(","):
             results = {}
             for spec in args.widths.split(","):
+                # "F/U/I" or "F/U/I/S": decoder width, mask-head widths, mask stride.
                 widths = tuple(int(v) for v in spec.split("/"))
                 results[spec] = profile(widths, size, precision, args.repeats)  # type: ignore[arg-type]
                 total = results[spec]["total"]

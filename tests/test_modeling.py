@@ -106,3 +106,25 @@ def test_every_size_is_a_constructor_parameter():
     assert sd["seg_head.projects.3.weight"].shape[0] == 32
     assert sd["seg_head.mask_head.mask_heads.4.0.weight"].shape == (4, 12, 3, 3)
     assert sd["seg_head.mask_head.output_conv1.weight"].shape == (12, 24, 3, 3)
+
+
+def test_mask_stride_2_keeps_parameters_and_computes_heads_at_half_resolution():
+    """Same weights as stride 1 (a trained model can be fine-tuned into it), heads on H/2 x W/2."""
+    torch.manual_seed(0)
+    full = LiteSegmentation(features=16, mask_upsample_features=8, mask_inter_features=4).eval()
+    half = LiteSegmentation(features=16, mask_upsample_features=8, mask_inter_features=4,
+                            mask_stride=2).eval()
+    assert _shapes(full) == _shapes(half)
+    half.load_state_dict(full.state_dict())
+    seen = []
+    half.seg_head.mask_head.mask_heads[0].register_forward_hook(
+        lambda _m, _i, out: seen.append(tuple(out.shape[-2:])))
+    x = torch.rand(1, 3, 128, 192)
+    with torch.no_grad():
+        out_half, out_full = half(x), full(x)
+    assert seen == [(64, 96)]
+    assert out_half["pred_masks"].shape == out_full["pred_masks"].shape == (1, 3, 128, 192)
+    # Different computation, not a relabelled copy of the stride-1 path.
+    assert not torch.allclose(out_half["pred_masks"], out_full["pred_masks"])
+    with pytest.raises(ValueError, match="mask_stride"):
+        LiteSegmentation(features=16, mask_stride=4)

@@ -105,3 +105,25 @@ def test_ddp_two_processes_gloo(tmp_path):
     ckpt = torch.load(tmp_path / "run" / "checkpoints" / "tiny" / "last.ckpt",
                       map_location="cpu", weights_only=False)
     assert ckpt["global_step"] == 2
+
+
+def test_load_matching_copies_same_shape_tensors_only():
+    """``weights_strict=false``: a narrower decoder starts from a trained model's encoder."""
+    from s3od.modeling import LiteSegmentation
+    from synth_sod.model_training.train import load_matching
+
+    torch.manual_seed(0)
+    trained = LiteSegmentation(features=32)
+    narrow = LiteSegmentation(features=16)
+    before = {k: v.clone() for k, v in narrow.state_dict().items()}
+    loaded, skipped = load_matching(narrow, trained.state_dict())
+    after, source = narrow.state_dict(), trained.state_dict()
+    enc = "encoder.stem.conv.weight"
+    assert torch.equal(after[enc], source[enc])
+    assert "seg_head.scratch.layer1_rn.weight" in skipped
+    assert torch.equal(after["seg_head.scratch.layer1_rn.weight"],
+                       before["seg_head.scratch.layer1_rn.weight"])
+    assert loaded == sum(1 for k in after if k not in skipped)
+    assert all(k.startswith("seg_head.") for k in skipped)
+    with pytest.raises(ValueError, match="no tensor"):
+        load_matching(narrow, {"unrelated.weight": torch.zeros(1)})

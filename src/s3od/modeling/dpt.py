@@ -52,11 +52,14 @@ class FeatureFusionBlock(nn.Module):
         x: torch.Tensor,
         skip: torch.Tensor | None = None,
         size: Sequence[int] | None = None,
+        upsample: bool = True,
     ) -> torch.Tensor:
         if skip is not None:
             x = x + self.resConfUnit1(skip)
         x = self.resConfUnit2(x)
-        if size is None:
+        if not upsample:
+            pass
+        elif size is None:
             x = F.interpolate(x, scale_factor=2.0, mode="bilinear", align_corners=False)
         else:
             x = F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False)
@@ -64,10 +67,16 @@ class FeatureFusionBlock(nn.Module):
 
 
 class Scratch(nn.Module):
-    """Channel unification (``layerN_rn``) and the four fusion blocks (``refinenetN``)."""
+    """Channel unification (``layerN_rn``) and the four fusion blocks (``refinenetN``).
 
-    def __init__(self, in_channels: Sequence[int], features: int, use_bn: bool = True) -> None:
+    The last block normally upsamples to stride 2; ``final_upsample=False`` keeps stride 4, which
+    is what makes ``mask_stride=2`` cheap (every later layer runs on a quarter of the pixels).
+    """
+
+    def __init__(self, in_channels: Sequence[int], features: int, use_bn: bool = True,
+                 final_upsample: bool = True) -> None:
         super().__init__()
+        self.final_upsample = final_upsample
         for i, ch in enumerate(in_channels, start=1):
             setattr(self, f"layer{i}_rn", nn.Conv2d(ch, features, 3, padding=1, bias=False))
         for i in range(1, len(in_channels) + 1):
@@ -78,7 +87,7 @@ class Scratch(nn.Module):
         path4 = self.refinenet4(rn4, size=rn3.shape[2:])
         path3 = self.refinenet3(path4, rn3, size=rn2.shape[2:])
         path2 = self.refinenet2(path3, rn2, size=rn1.shape[2:])
-        return self.refinenet1(path2, rn1)
+        return self.refinenet1(path2, rn1, upsample=self.final_upsample)
 
 
 def _reassemble_resize(channels: int, factor: float) -> nn.Module:
@@ -97,6 +106,10 @@ class DPTHead(nn.Module):
     ``reassemble=True`` is the ViT path: four same-resolution token maps are projected to
     ``out_channels`` and resampled to strides 4/8/16/32. ``reassemble=False`` is the CNN path:
     the encoder already gives strides 4/8/16/32 with ``out_channels`` channels.
+
+    ``mask_stride=1`` (the published model) computes the candidate masks at full input
+    resolution; ``mask_stride=2`` computes them at half resolution and upsamples the logits,
+    about 4x less work after the last fusion block for the same parameters (s3od-lite uses it).
     """
 
     def __init__(
@@ -111,8 +124,11 @@ class DPTHead(nn.Module):
         mask_inter_features: int = 32,
         iou_hidden: int = 64,
         resize_factors: Sequence[float] = (4, 2, 1, 0.5),
+        mask_stride: int = 1,
     ) -> None:
         super().__init__()
+        if mask_stride not in (1, 2):
+            raise ValueError(f"mask_stride must be 1 or 2, got {mask_stride}")
         self.reassemble = reassemble
         if reassemble:
             assert isinstance(in_channels, int)
@@ -120,10 +136,10 @@ class DPTHead(nn.Module):
             self.resize_layers = nn.ModuleList(
                 _reassemble_resize(c, f) for c, f in zip(out_channels, resize_factors, strict=True)
             )
-        self.scratch = Scratch(out_channels, features, use_bn)
+        self.scratch = Scratch(out_channels, features, use_bn, final_upsample=mask_stride == 1)
         self.mask_head = MultiMaskHead(
             features, num_masks, inter_features=mask_inter_features,
-            upsample_features=mask_upsample_features,
+            upsample_features=mask_upsample_features, upsample_logits=mask_stride != 1,
         )
         self.classifier_head = IoUHead(features, num_masks, hidden=iou_hidden)
 

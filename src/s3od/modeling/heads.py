@@ -22,8 +22,10 @@ class MultiMaskHead(nn.Module):
         num_masks: int,
         inter_features: int = 32,
         upsample_features: int = 64,
+        upsample_logits: bool = False,
     ) -> None:
         super().__init__()
+        self.upsample_logits = upsample_logits
         mid = features // 2
         self.output_conv1 = nn.Conv2d(features, mid, 3, padding=1)
         self.upsample_2x = nn.Sequential(
@@ -44,6 +46,12 @@ class MultiMaskHead(nn.Module):
     def forward(self, x: torch.Tensor, output_size: Sequence[int]) -> torch.Tensor:
         x = self.upsample_2x(self.output_conv1(x))
         size = (int(output_size[0]), int(output_size[1]))
+        if self.upsample_logits:
+            # Heads at the decoder's resolution, then only the few logit maps are resized.
+            logits = torch.cat([head(x) for head in self.mask_heads], dim=1)
+            if tuple(logits.shape[-2:]) == size:
+                return logits
+            return F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
         if tuple(x.shape[-2:]) != size:
             # The published model always lands exactly on `size` (the resize is an identity);
             # CNN encoders on sizes that are not multiples of 32 need a real resize.

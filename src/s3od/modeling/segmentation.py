@@ -77,6 +77,7 @@ class LiteSegmentation(nn.Module):
         mask_inter_features: int = 16,
         iou_hidden: int = 64,
         pretrained_encoder: bool = False,
+        mask_stride: int = 1,
     ) -> None:
         super().__init__()
         self.encoder = EfficientNetLite0Features()
@@ -88,6 +89,7 @@ class LiteSegmentation(nn.Module):
             out_channels=self.encoder.feature_channels, num_masks=num_masks, use_bn=use_bn,
             reassemble=False, mask_upsample_features=mask_upsample_features,
             mask_inter_features=mask_inter_features, iou_hidden=iou_hidden,
+            mask_stride=mask_stride,
         )
 
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -158,6 +158,20 @@ def build_trainer(cfg: DictConfig, callbacks: list[Callback], loggers: list) -> 
     return pl.Trainer(**{k: v for k, v in kwargs.items() if v is not None})
 
 
+def load_matching(module: torch.nn.Module, state: dict[str, torch.Tensor]) -> tuple[int, list[str]]:
+    """Copy the tensors of ``state`` whose name and shape match; return (count, skipped names).
+
+    For starting a differently shaped model from a trained one (e.g. a narrower decoder on a
+    trained encoder): the rest keeps its fresh initialisation.
+    """
+    own = module.state_dict()
+    matching = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    if not matching:
+        raise ValueError("no tensor of the checkpoint matches the model by name and shape")
+    module.load_state_dict(matching, strict=False)
+    return len(matching), sorted(k for k in own if k not in matching)
+
+
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Train (and test) as configured. Returns a small summary."""
     validate(cfg)
@@ -177,8 +191,14 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     if ckpt_path and weights_only:
         module = SegmentationLightningModule(cfg)
         state = torch.load(ckpt_path, map_location="cpu", weights_only=False)["state_dict"]
-        module.load_state_dict(state)
-        print(f"[resume] weights from {ckpt_path}; optimizer and epoch restart", flush=True)
+        if cfg.train_stage.get("weights_strict", True):
+            module.load_state_dict(state)
+            print(f"[resume] weights from {ckpt_path}; optimizer and epoch restart", flush=True)
+        else:
+            loaded, skipped = load_matching(module, state)
+            print(f"[resume] {loaded} tensors from {ckpt_path} (name and shape match); "
+                  f"{len(skipped)} left at their initialisation"
+                  + (f", e.g. {', '.join(skipped[:3])}" if skipped else ""), flush=True)
         ckpt_path = None
     else:
         module = SegmentationLightningModule(cfg)
