@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import os
+import stat
 
 import pytest
 import torch
@@ -37,6 +39,9 @@ def test_save_load_round_trip(tmp_path, small_vit, suffix):
     state, arch, config = load_checkpoint(path)
     assert arch == "dpt_dinov3" and config["features"] == 16
     assert set(state) == set(small_vit.state_dict())
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask  # shareable, not mkstemp's 0600
     _same_output(BackgroundRemoval(path, image_size=64, device="cpu").model, small_vit)
 
 

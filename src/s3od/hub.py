@@ -72,6 +72,9 @@ def save_checkpoint(
         save_file(tensors, str(tmp), metadata={_METADATA_KEY: json.dumps(meta)})
     else:
         torch.save({"state_dict": tensors, **meta}, tmp)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # safetensors writes 0600; a model file is meant to be shared
     os.replace(tmp, path)
     return path
 
