@@ -155,6 +155,8 @@ def build_checkpoint(key: str, folder: Path, calibration_size: int = 256,
     from s3od.imageio import load_image
     from s3od.modeling import DPTSegmentation, LiteSegmentation
 
+    if "=" in key and Path(key.split("=", 1)[1]).is_file():  # NAME=path/to/weights
+        return Path(key.split("=", 1)[1]), f"trained weights from {key.split('=', 1)[1]}"
     choice = model_choice(key)
     if key == "lite" and BUNDLED_LITE.is_file():
         return BUNDLED_LITE, "s3od-lite, shipped trained weights"

@@ -59,24 +59,30 @@ COLUMNS = ["model", "size", "batch", "config", "img/s", "x fp32", "img/CPU-s", "
 def worker(job: dict[str, Any]) -> dict[str, Any]:
     """One configuration: load, warm up, time, compare with the baseline outputs."""
     import numpy as np
-    import torch
 
     from s3od.imageio import load_image, save_image_atomic
     from s3od.result import RemovalResult
 
     load_start = os.getloadavg()[0]
-    if job.get("threads"):
-        torch.set_num_threads(int(job["threads"]))
     config = CONFIGS[job["config"]]
     start = time.perf_counter()
     if "onnx" in config:
-        from s3od.export import OnnxBackgroundRemoval
+        # Torch is never imported here: the peak RSS is what a torch-free deployment
+        # (``pip install s3od[onnx]`` + the exported file) really uses.
+        from s3od.export.ort_predictor import OnnxBackgroundRemoval
 
+        threads = int(job.get("threads") or 0) or len(os.sched_getaffinity(0))
         remover: Any = OnnxBackgroundRemoval(job["onnx_path"], image_size=job["size"],
-                                             threads=torch.get_num_threads())
+                                             threads=threads)
         runtime = f"onnxruntime {config['onnx']}"
     else:
+        import torch
+
         from s3od import BackgroundRemoval
+
+        if job.get("threads"):
+            torch.set_num_threads(int(job["threads"]))
+        threads = torch.get_num_threads()
 
         remover = BackgroundRemoval(job["model_path"], image_size=job["size"], device="cpu",
                                     precision=config["precision"],
@@ -135,7 +141,7 @@ def worker(job: dict[str, Any]) -> dict[str, Any]:
         "rounds": rounds,
         "images": n,
         "peak_rss_mb": common.peak_rss_mb(),
-        "threads": torch.get_num_threads(),
+        "threads": threads,
         "load": f"{load_start:.1f}-{os.getloadavg()[0]:.1f}",
     }
     if hasattr(remover, "_forward") and hasattr(remover._forward, "seconds"):
@@ -208,7 +214,8 @@ def calibration_images(exclude: list[Path], count: int) -> list[Path]:
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", default="lite,dinov3-b",
-                        help="comma list: lite, dinov3-b, lite:features=32,...")
+                        help="comma list: lite, dinov3-b, lite:features=32, "
+                             "NAME=weights.safetensors")
     parser.add_argument("--sizes", default="512,1024")
     parser.add_argument("--batches", default="1,8")
     parser.add_argument("--configs", default=DEFAULT_CONFIGS,
@@ -266,8 +273,10 @@ def run_all(args: argparse.Namespace, configs: list[str], images: list[Path], wo
             tmp: Path) -> list[dict[str, Any]]:
     rows = []
     script = Path(__file__).resolve()
-    for key in args.models.split(","):
-        model_path, weights = common.build_checkpoint(key, work)
+    for spec in args.models.split(","):
+        model_path, weights = common.build_checkpoint(spec, work)
+        key = spec.split("=", 1)[0] if "=" in spec and model_path.is_file() and \
+            spec.endswith(str(model_path)) else spec
         print(f"# {key}: {weights} ({model_path})", file=sys.stderr)
         for size in (int(s) for s in args.sizes.split(",")):
             onnx_paths: dict[str, Path] = {}

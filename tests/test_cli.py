@@ -82,6 +82,21 @@ def test_background_colour_and_crop(tmp_path, tiny_lite_checkpoint):
     assert img.format == "WEBP" and img.mode == "RGB"
 
 
+def test_png_compression_changes_bytes_not_pixels(tmp_path, tiny_lite_checkpoint):
+    sizes, pixels = {}, {}
+    for level in (0, 9):
+        out = tmp_path / f"cat{level}.png"
+        proc = run_cli("remove", str(SAMPLES / "cat.jpg"), "-o", str(out), "--png-compression",
+                       str(level), "--no-fg-estimate", "--model", str(tiny_lite_checkpoint),
+                       "--image-size", "128", "--precision", "fp32")
+        assert proc.returncode == 0, proc.stderr.decode()
+        sizes[level], pixels[level] = out.stat().st_size, np.asarray(Image.open(out))
+    assert sizes[0] > 2 * sizes[9]  # level 0 stores raw deflate blocks
+    assert np.array_equal(pixels[0], pixels[9])
+    bad = run_cli("remove", str(SAMPLES / "cat.jpg"), "--png-compression", "12")
+    assert bad.returncode != 0 and b"Traceback" not in bad.stderr
+
+
 def test_bad_arguments_fail_cleanly(tmp_path, tiny_lite_checkpoint):
     cases = [
         ("remove", str(tmp_path / "missing.jpg")),

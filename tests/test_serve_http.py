@@ -117,6 +117,7 @@ def test_healthz_and_models(client, tiny_remover):
     assert health.status_code == 200
     assert health.json()["status"] == "ok"
     assert health.json()["image_size"] == tiny_remover.image_size
+    assert health.json()["runtime"] == tiny_remover.runtime.describe()
     models = client.get("/v1/models").json()
     names = [m["name"] for m in models["models"]]
     assert "s3od" in names and "s3od-lite" in names
@@ -377,6 +378,10 @@ def test_settings_from_env():
            "S3OD_API_KEY": "", "S3OD_MAX_PIXELS": "1000"}
     s = ServerSettings.from_env(env, max_pixels=5000)
     assert s.max_batch == 4 and s.max_pixels == 5000 and s.api_key is None
+    assert s.precision == "auto" and s.compile is False
+    assert ServerSettings.from_env({"S3OD_PRECISION": "fp32"}).precision == "fp32"
+    with pytest.raises(ValidationError, match="precision"):
+        ServerSettings.from_env({"S3OD_PRECISION": "int4"})
     assert s.cors_origins == ("https://a.example", "https://b.example")
     with pytest.raises(ValidationError):
         ServerSettings.from_env({"S3OD_MAX_BATCH": "0"})
@@ -396,7 +401,8 @@ def test_cli_serve_process(tiny_lite_checkpoint):
     port = _free_port()
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "S3OD_API_KEY": "k"}
     cmd = [sys.executable, "-m", "s3od.cli", "serve", "--model", str(tiny_lite_checkpoint),
-           "--image-size", "128", "--port", str(port), "--max-batch", "2", "--threads", "1"]
+           "--image-size", "128", "--port", str(port), "--max-batch", "2", "--threads", "1",
+           "--precision", "fp32"]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         url = f"http://127.0.0.1:{port}"
@@ -415,6 +421,7 @@ def test_cli_serve_process(tiny_lite_checkpoint):
         assert r.status_code == 200 and decode(r.content).mode == "RGBA"
         health = httpx.get(f"{url}/healthz").json()
         assert health["max_batch"] == 2 and health["image_size"] == 128
+        assert health["runtime"].startswith("fp32")
     finally:
         proc.terminate()
         proc.wait(20)
@@ -427,3 +434,12 @@ def test_cli_serve_bad_model_fails_cleanly(tmp_path):
                           env=env, timeout=120)
     err = proc.stderr.decode()
     assert proc.returncode != 0 and "cannot resolve model" in err and "Traceback" not in err
+
+
+def test_cli_serve_bad_precision_fails_cleanly(tiny_lite_checkpoint):
+    proc = subprocess.run([sys.executable, "-m", "s3od.cli", "serve", "--model",
+                           str(tiny_lite_checkpoint), "--precision", "int4"],
+                          capture_output=True, env={**os.environ, "HF_HUB_OFFLINE": "1"},
+                          timeout=120)
+    err = proc.stderr.decode()
+    assert proc.returncode != 0 and "precision" in err and "Traceback" not in err

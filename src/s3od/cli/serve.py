@@ -20,6 +20,10 @@ def serve(
     device: str = typer.Option(None, help="cpu, cuda, cuda:1, mps (default: best available)."),
     image_size: int = typer.Option(None, help="Network input size (default: the model's)."),
     threads: int = typer.Option(None, min=1, help="torch CPU threads (default: torch's)."),
+    precision: str = typer.Option(None, help="auto, fp32, bf16 or fp16 (auto: bf16 on CPUs "
+                                             "with AMX/AVX512-BF16, fp16/bf16 on GPUs). [auto]"),
+    compile_model: bool = typer.Option(None, "--compile/--no-compile",
+                                       help="torch.compile at start-up (slow start). [off]"),
     max_batch: int = typer.Option(None, min=1, max=64,
                                   help="Batch concurrent requests into one forward pass (pays "
                                        "off on GPUs; keep --max-concurrency above it). [1]"),
@@ -57,7 +61,8 @@ def serve(
     try:
         settings = ServerSettings.from_env(
             model=model, device=device, image_size=image_size, threads=threads,
-            max_batch=max_batch, batch_window_ms=batch_window_ms,
+            precision=precision, compile=compile_model, max_batch=max_batch,
+            batch_window_ms=batch_window_ms,
             max_upload_bytes=max_upload_bytes, max_pixels=max_pixels,
             request_timeout_s=request_timeout, max_concurrency=max_concurrency,
             max_queue=max_queue, api_key=api_key, cors_origins=tuple(cors_origin or ()) or None)
@@ -68,7 +73,8 @@ def serve(
     except (S3ODError, ValueError) as err:
         raise fail(str(err)) from None
     console.print(f"[dim]model {remover.model_name} ({remover.source}), {remover.image_size}px, "
-                  f"{remover.device}; max batch {settings.max_batch}; "
+                  f"{remover.device}, {remover.runtime.describe()}; "
+                  f"max batch {settings.max_batch}; "
                   f"auth {'on' if settings.api_key else 'off'}[/]")
     uvicorn.run(create_app(settings, remover), host=host, port=port, log_level=log_level,
                 workers=1)

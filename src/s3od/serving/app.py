@@ -95,6 +95,12 @@ class MasksResponse(BaseModel):
     masks: list[MaskCandidate]
 
 
+def _runtime(remover: Any) -> str | None:
+    """How the model runs (precision, memory format), when the predictor can say."""
+    runtime = getattr(remover, "runtime", None)
+    return runtime.describe() if runtime is not None else None
+
+
 def load_remover(settings: ServerSettings) -> BackgroundRemoval:
     """The one model the server uses (errors propagate: the CLI reports them)."""
     import torch
@@ -104,7 +110,8 @@ def load_remover(settings: ServerSettings) -> BackgroundRemoval:
     if settings.threads:
         torch.set_num_threads(settings.threads)
     return BackgroundRemoval(settings.model, image_size=settings.image_size,
-                             device=settings.device)
+                             device=settings.device, precision=settings.precision,
+                             compile=settings.compile)
 
 
 def _error_response(status: int, code: str, message: str,
@@ -238,6 +245,7 @@ def create_app(settings: ServerSettings | None = None,
         return {
             "status": "ok", "model": remover.model_name, "device": str(remover.device),
             "image_size": remover.image_size, "max_batch": settings.max_batch,
+            "runtime": _runtime(remover),
             "in_flight": gate.admitted,
             "batches": {"count": stats.batches, "images": stats.images,
                         "largest": stats.largest, "failures": stats.failures},

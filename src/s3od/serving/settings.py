@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
@@ -27,6 +28,9 @@ class ServerSettings(BaseModel):
     device: str | None = Field(None, description="cpu, cuda, cuda:1, mps; None = best.")
     image_size: int | None = Field(None, description="Network input side; None = the model's.")
     threads: int | None = Field(None, ge=1, description="torch intra-op threads; None = torch's.")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto", description="Inference precision; auto = bf16/fp16 where the device is fast.")
+    compile: bool = Field(False, description="torch.compile the model at start-up.")
 
     max_batch: int = Field(1, ge=1, le=64, description="Images per forward pass.")
     batch_window_ms: float = Field(10.0, ge=0, le=10_000,
