@@ -283,7 +283,7 @@ class _RemovalActor:
                 rows.append((str(batch["key"][i]), str(batch["source"][i]), w, h,
                              result.best_index, float(result.all_ious[result.best_index]),
                              [float(v) for v in result.all_ious],
-                             encode_image(result.mask_image(), "PNG")))
+                             encode_image(result.mask_image(), "PNG", compress_level=1)))
             try:
                 self._write_parquet(rows, str(batch["target"][0]))
             except OSError as err:
@@ -304,7 +304,8 @@ class _RemovalActor:
             if opts.crop:
                 image = result.crop(image)
             fmt = "WEBP" if self.fmt == "webp" else "PNG"
-            kwargs = {"lossless": True} if fmt == "WEBP" else {}
+            # zlib level 1: ~2.4x faster than PIL's default 6, ~12% more bytes (png_encode.py).
+            kwargs = {"lossless": True} if fmt == "WEBP" else {"compress_level": 1}
             target = str(batch["target"][i])
             try:
                 _put(self.out_fs, target, encode_image(image, fmt, **kwargs))
