@@ -27,6 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from s3od.registry import LITE_CONFIG
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 SAMPLES = REPO / "assets" / "samples"
@@ -50,14 +52,14 @@ MODELS: dict[str, ModelChoice] = {
     "dinov3-b": ModelChoice("dinov3-b", "dpt_dinov3",
                             {"encoder_config": "dinov3_vitb16", "num_masks": 3},
                             "DINOv3-B + DPT (published architecture, random weights)"),
-    "lite": ModelChoice("lite", "lite", {"features": 64, "num_masks": 3},
-                        "s3od-lite (EfficientNet-Lite0 + DPT decoder, features=64)"),
+    "lite": ModelChoice("lite", "lite", dict(LITE_CONFIG),
+                        "s3od-lite (EfficientNet-Lite0 + DPT decoder, features=32, masks at 1/2)"),
 }
 
 
 def lite_variant(spec: str) -> ModelChoice:
     """``lite:features=32,mask_upsample_features=16`` -> a lite model with those widths."""
-    config: dict[str, Any] = {"features": 64, "num_masks": 3}
+    config: dict[str, Any] = dict(LITE_CONFIG)
     for part in spec.split(":", 1)[1].split(","):
         key, value = part.split("=")
         config[key] = int(value)

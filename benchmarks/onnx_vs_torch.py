@@ -42,11 +42,12 @@ from s3od.export import OnnxBackgroundRemoval, export_onnx  # noqa: E402
 from s3od.imageio import load_image  # noqa: E402
 from s3od.modeling import build_model  # noqa: E402
 from s3od.predictor import BackgroundRemoval  # noqa: E402
+from s3od.registry import LITE_CONFIG  # noqa: E402
 from s3od.runtime import to_memory_format  # noqa: E402
 from s3od.transforms import preprocess_arrays  # noqa: E402
 
 MODELS = {
-    "lite": ("lite", {"features": 64, "num_masks": 3}),
+    "lite": ("lite", dict(LITE_CONFIG)),
     "dinov3-b": ("dpt_dinov3", {"encoder_config": "dinov3_vitb16", "num_masks": 3}),
 }
 SHARED = REPO.parent / "shared" / "data"

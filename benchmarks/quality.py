@@ -332,9 +332,10 @@ def pipeline_checks(remover: Any, images: list[np.ndarray], masks: list[np.ndarr
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", action="append", default=None,
-                        help="checkpoint path or registry name; repeat to compare several, the "
-                             "first is the headline ('bundled': the shipped s3od-lite, default)")
-    parser.add_argument("--sizes", default="512,320",
+                        help="checkpoint path, NAME=path or registry name; repeat to compare "
+                             "several, the first is the headline ('bundled': the shipped "
+                             "s3od-lite, default)")
+    parser.add_argument("--sizes", default="320,512",
                         help="input sides for the models; the first is the headline")
     parser.add_argument("--shared", type=Path, default=SHARED, help="the ../shared folder")
     parser.add_argument("--baselines", default=",".join(BASELINES),
@@ -356,15 +357,18 @@ def _load_models(specs: list[str], sizes: list[int]) -> tuple[list[tuple[str, An
 
     methods, notes = [], []
     for spec in specs:
+        name = None
+        if "=" in spec and Path(spec.split("=", 1)[1]).is_file():  # NAME=path/to/weights
+            name, spec = spec.split("=", 1)
         path = BUNDLED if spec == "bundled" else Path(spec)
         # Hash before loading: the file may be replaced while a long run goes on.
         digest = f", sha256 `{sha256(path)[:16]}`" if path.is_file() else ""
         model_id = "s3od-lite" if spec == "bundled" else spec
         for size in sizes:
             remover = BackgroundRemoval(model_id, image_size=size, device="cpu")
-            methods.append((f"{remover.model_name} @{size}", remover))
-        notes.append(f"- model `{remover.model_name}`: {remover.source}{digest}; runtime "
-                     f"{remover.runtime.describe()}")
+            methods.append((f"{name or remover.model_name} @{size}", remover))
+        notes.append(f"- model `{name or remover.model_name}`: {remover.source}{digest}; "
+                     f"runtime {remover.runtime.describe()}")
     return methods, notes
 
 

@@ -38,6 +38,12 @@ class ModelSpec:
         return f"hub: {self.hub_repo} ({' or '.join(self.hub_filenames)})"
 
 
+#: The shipped s3od-lite: decoder width 32, candidate masks at half resolution (chosen by
+#: benchmarks/profile_lite.py and benchmarks/speed.py); input 320, its training resolution
+#: (docs/model-card.md says why).
+LITE_CONFIG: dict[str, int] = {"features": 32, "mask_upsample_features": 16,
+                               "mask_inter_features": 8, "mask_stride": 2, "num_masks": 3}
+
 MODELS: dict[str, ModelSpec] = {
     spec.name: spec
     for spec in (
@@ -51,9 +57,10 @@ MODELS: dict[str, ModelSpec] = {
         ModelSpec("s3od-sod", "dpt_dinov3", _DINOV3_BASE_3,
                   "DINOv3-B + DPT, fine-tuned on SOD benchmarks", "okupyn/s3od-sod",
                   license="MIT"),
-        ModelSpec("s3od-lite", "lite", {"features": 64, "num_masks": 3},
+        ModelSpec("s3od-lite", "lite", LITE_CONFIG,
                   "EfficientNet-Lite0 + fusion decoder, bundled, runs offline",
-                  bundled_file="s3od-lite.safetensors", image_size=512, license="Apache-2.0"),
+                  bundled_file="s3od-lite.safetensors", image_size=320,
+                  license="research-only weights (docs/model-card.md)"),
     )
 }
 HUB_ALIASES = {spec.hub_repo: name for name, spec in MODELS.items() if spec.hub_repo}
