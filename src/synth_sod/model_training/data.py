@@ -274,6 +274,14 @@ class MaskDataset(Dataset):
                              if self.copy_paste else None)
         self.bad: set[int] = set()
         self.max_bad = max(10, int(max_bad_fraction * len(self)))
+        # albumentations 2 draws from its own generator, which the global seeds do not reach.
+        self.reseed(int(np.random.randint(2**31)))
+
+    def reseed(self, seed: int) -> None:
+        """Seed the augmentation pipelines (called per worker, so workers differ)."""
+        self.transform.set_random_seed(seed)
+        if self.cp_transform is not None:
+            self.cp_transform.set_random_seed(seed + 1)
 
     def __len__(self) -> int:
         return int(self.offsets[-1])
@@ -482,6 +490,9 @@ def _worker_init(worker_id: int) -> None:
         pl_worker_init_function(worker_id)
     except ImportError:  # pragma: no cover - lightning is a training dependency
         pass
+    info = torch.utils.data.get_worker_info()
+    if info is not None and hasattr(info.dataset, "reseed"):
+        info.dataset.reseed(int(info.seed % 2**31))
 
 
 def build_dataloaders(cfg: Mapping[str, Any], train: Dataset, val: Dataset,
