@@ -276,6 +276,36 @@ def _uptime() -> str:
         return "n/a"
 
 
+def best_seconds(fn: Any, repeats: int = 3, warmup: bool = False) -> float:
+    """Fastest wall time of ``repeats`` calls (after one untimed call when ``warmup``)."""
+    if warmup:
+        fn()  # oneDNN and friends pick and cache kernels on the first call
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def write_report(script: str, title: str, machine: dict[str, str], images: list[Path],
+                 source: str, rows: list[dict[str, Any]], columns: list[str],
+                 markdown: Path | None, json_path: Path | None) -> None:
+    """Print the run's header and table; also save them as Markdown / the raw rows as JSON."""
+    header = [f"# {title} (benchmarks/{script})", "",
+              *(f"- {k}: {v}" for k, v in machine.items()),
+              f"- images: {len(images)} photos from {source}",
+              f"- command: python benchmarks/{script} {' '.join(sys.argv[1:])}",
+              f"- load average at end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}", ""]
+    text = "\n".join(header) + "\n" + markdown_table(rows, columns) + "\n"
+    print(text)
+    if markdown:
+        markdown.parent.mkdir(parents=True, exist_ok=True)
+        markdown.write_text(text)
+    if json_path:
+        json_path.write_text(json.dumps({"machine": machine, "rows": rows}, indent=1))
+
+
 def markdown_table(rows: list[dict[str, Any]], columns: list[str]) -> str:
     """Rows of dicts -> a GitHub markdown table (missing cells blank)."""
     lines = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]

@@ -14,22 +14,11 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import common
-
-
-def _best_seconds(fn, repeats: int) -> float:
-    fn()  # warm-up: oneDNN picks and caches its kernels on the first call
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - start)
-    return best
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -54,7 +43,8 @@ def main(argv: list[str] | None = None) -> int:
     rates = {}
     for dtype in (torch.float32, torch.bfloat16):
         a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
-        rates[dtype] = 2 * n**3 / _best_seconds(lambda a=a, b=b: a @ b, args.repeats) / 1e9
+        seconds = common.best_seconds(lambda a=a, b=b: a @ b, args.repeats, warmup=True)
+        rates[dtype] = 2 * n**3 / seconds / 1e9
     ratio = rates[torch.bfloat16] / rates[torch.float32]
     print(f"| GEMM | {n}x{n}x{n} | {rates[torch.float32]:.0f} GFLOPS | "
           f"{rates[torch.bfloat16]:.0f} GFLOPS | {ratio:.2f}x |")
@@ -65,9 +55,9 @@ def main(argv: list[str] | None = None) -> int:
         seconds = {}
         for dtype in (torch.float32, torch.bfloat16):
             q, k, v = (torch.randn(1, 12, tokens, 64, dtype=dtype) for _ in range(3))
-            seconds[dtype] = _best_seconds(
+            seconds[dtype] = common.best_seconds(
                 lambda q=q, k=k, v=v: F.scaled_dot_product_attention(q, k, v),
-                max(2, args.repeats // 2))
+                max(2, args.repeats // 2), warmup=True)
         print(f"| SDPA, one DINOv3-B layer at {side} px | 12x{tokens}x64 | "
               f"{1e3 * seconds[torch.float32]:.0f} ms ({flops / seconds[torch.float32] / 1e9:.0f}"
               f" GFLOPS) | {1e3 * seconds[torch.bfloat16]:.0f} ms "

@@ -178,18 +178,8 @@ def main(argv: list[str] | None = None) -> int:
                                 row["x autograd (CPU)"] = (base["cpu_s_per_img"]
                                                            / res["cpu_s_per_img"])
                         rows.append(row)
-    header = ["# s3od fp32 inference options (benchmarks/inference.py)", "",
-              *(f"- {k}: {v}" for k, v in machine.items()),
-              f"- images: {len(images)} photos from {source}",
-              f"- command: python benchmarks/inference.py {' '.join(sys.argv[1:])}",
-              f"- load average at end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}", ""]
-    text = "\n".join(header) + "\n" + common.markdown_table(rows, COLUMNS) + "\n"
-    print(text)
-    if args.markdown:
-        args.markdown.parent.mkdir(parents=True, exist_ok=True)
-        args.markdown.write_text(text)
-    if args.json:
-        args.json.write_text(json.dumps({"machine": machine, "rows": rows}, indent=1))
+    common.write_report("inference.py", "s3od fp32 inference options", machine, images,
+                        source, rows, COLUMNS, args.markdown, args.json)
     return 0
 
 

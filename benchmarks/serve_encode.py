@@ -13,12 +13,16 @@ import argparse
 import io
 import os
 import platform
-import time
+import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import common
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -30,15 +34,6 @@ SETTINGS = {
     "webp lossless (default effort)": ("WEBP", {"lossless": True}),
     "webp lossless method 0": ("WEBP", {"lossless": True, "method": 0, "quality": 0}),
 }
-
-
-def best_of(fn, repeats: int = 3) -> float:
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - start)
-    return best
 
 
 def main() -> None:
@@ -61,7 +56,7 @@ def main() -> None:
     rgbs = [load_image(p) for p in paths]
     forward, results = [], []
     for rgb in rgbs:
-        forward.append(best_of(lambda rgb=rgb: remover.predict_arrays([rgb])))
+        forward.append(common.best_seconds(lambda rgb=rgb: remover.predict_arrays([rgb])))
         results.append(remover.remove_background(rgb))
 
     cpu = next((line.split(":", 1)[1].strip() for line in
@@ -83,7 +78,7 @@ def main() -> None:
                 image.save(buf, format=fmt, **kwargs)
                 return buf.getvalue()
 
-            seconds.append(best_of(encode))
+            seconds.append(common.best_seconds(encode))
             sizes.append(len(encode()))
             assert np.array_equal(np.asarray(Image.open(io.BytesIO(encode()))),
                                   np.asarray(image)), f"{name} is not lossless"

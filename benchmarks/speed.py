@@ -254,19 +254,8 @@ def main(argv: list[str] | None = None) -> int:
         work = args.work_dir or Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
         rows = run_all(args, configs, images, work, Path(tmp))
-    header = ["# s3od inference speed (benchmarks/speed.py)", "",
-              *(f"- {k}: {v}" for k, v in machine.items()),
-              f"- images: {len(images)} photos from {source}",
-              f"- command: python benchmarks/speed.py {' '.join(sys.argv[1:])}",
-              f"- load average at end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}",
-              ""]
-    text = "\n".join(header) + "\n" + common.markdown_table(rows, COLUMNS) + "\n"
-    print(text)
-    if args.markdown:
-        args.markdown.parent.mkdir(parents=True, exist_ok=True)
-        args.markdown.write_text(text)
-    if args.json:
-        args.json.write_text(json.dumps({"machine": machine, "rows": rows}, indent=1))
+    common.write_report("speed.py", "s3od inference speed", machine, images, source, rows,
+                        COLUMNS, args.markdown, args.json)
     return 0
 
 
