@@ -176,6 +176,6 @@ def describe_images(kind: str, image_dirs: Sequence[str | os.PathLike],
 
 
 if __name__ == "__main__":
-    from synth_sod.data_generation.cli import run_step
+    from synth_sod.data_generation.module_entry import run_as_step
 
-    run_step("captions")
+    run_as_step("captions")

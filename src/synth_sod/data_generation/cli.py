@@ -4,6 +4,12 @@ Flags accept both spellings, ``--image-dir`` and the published ``--image_dir``, 
 of the published README run verbatim through the script shims (``generate_captions.py`` ...),
 ``python -m synth_sod.data_generation.<module>`` and ``s3od-data <step>``. Every step takes
 ``--num-shards N --shard-index I`` (or reads torchrun / SLURM variables) and resumes.
+
+Layering: this module is the only one that knows the commands. It imports the step modules
+inside the command bodies (``s3od-data --help`` stays fast) and no step module imports it; a
+step module that should also run as ``python -m`` ends with ``run_as_step("<command>")`` from
+:mod:`synth_sod.data_generation.module_entry`. Adding a step = one library module plus one
+``@app.command()`` here (docs/architecture.md).
 """
 
 from __future__ import annotations
@@ -69,10 +75,9 @@ class _Step:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> bool:
-        from s3od.errors import S3ODError
-        from synth_sod.data_generation.sharding import PipelineError
+        from s3od.errors import S3ODError  # also the base of synth_sod's PipelineError
 
-        if exc is not None and isinstance(exc, (PipelineError, S3ODError)):
+        if exc is not None and isinstance(exc, S3ODError):
             raise fail(str(exc)) from None
         return False
 

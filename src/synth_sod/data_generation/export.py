@@ -153,6 +153,6 @@ def export_parquet(input_dir: str | os.PathLike, output_dir: str | os.PathLike, 
 
 
 if __name__ == "__main__":
-    from synth_sod.data_generation.cli import run_step
+    from synth_sod.data_generation.module_entry import run_as_step
 
-    run_step("export")
+    run_as_step("export")

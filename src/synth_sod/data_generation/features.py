@@ -136,6 +136,6 @@ def extract_real_features(caption_file: str | os.PathLike, tag_file: str | os.Pa
 
 
 if __name__ == "__main__":
-    from synth_sod.data_generation.cli import run_step
+    from synth_sod.data_generation.module_entry import run_as_step
 
-    run_step("features")
+    run_as_step("features")

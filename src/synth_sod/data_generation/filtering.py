@@ -195,6 +195,6 @@ def _keep(sample: Sample, out: Path) -> None:
 
 
 if __name__ == "__main__":
-    from synth_sod.data_generation.cli import run_step
+    from synth_sod.data_generation.module_entry import run_as_step
 
-    run_step("filter")
+    run_as_step("filter")

@@ -255,6 +255,6 @@ def _generate_one(cfg: GenerationConfig, probe: FluxProbe, teacher: Any, enhance
 
 
 if __name__ == "__main__":
-    from synth_sod.data_generation.cli import run_step
+    from synth_sod.data_generation.module_entry import run_as_step
 
-    run_step("generate")
+    run_as_step("generate")

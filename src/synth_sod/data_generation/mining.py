@@ -187,6 +187,6 @@ def student_predictor(model_path: str, image_size: int | None = None,
 
 
 if __name__ == "__main__":
-    from synth_sod.data_generation.cli import run_step
+    from synth_sod.data_generation.module_entry import run_as_step
 
-    run_step("mine")
+    run_as_step("mine")

@@ -244,6 +244,6 @@ class PromptEnhancer:
 
 
 if __name__ == "__main__":
-    from synth_sod.data_generation.cli import run_step
+    from synth_sod.data_generation.module_entry import run_as_step
 
-    run_step("prompts")
+    run_as_step("prompts")

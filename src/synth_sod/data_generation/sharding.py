@@ -20,11 +20,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+# Re-exported: the step modules and user code import PipelineError from here.
+from synth_sod.errors import PipelineError as PipelineError
+
 T = TypeVar("T")
-
-
-class PipelineError(Exception):
-    """A user-facing problem (bad path, config or shard): the CLI prints it, no traceback."""
 
 
 @dataclass(frozen=True)
