@@ -227,9 +227,11 @@ class MultiMaskLoss(nn.Module):
             mse = F.mse_loss(torch.sigmoid(outputs["pred_iou"].float()), ious)
             total = total + self.iou_head_weight * mse
             parts["mse_ious_loss"] = mse.detach()
-        parts["best_iou"] = ious.max(1).values.mean()
-        parts["gt_ious"] = ious.mean()
-        parts["full_mask_lambda"] = torch.tensor(lam)
+        parts["best_iou"] = ious.max(1).values.mean().detach()
+        parts["gt_ious"] = ious.mean().detach()
+        # On the loss's device: Lightning all-reduces every logged tensor where it lies, and
+        # NCCL has no CPU backend (a CPU tensor here stopped every multi-GPU run at step 1).
+        parts["full_mask_lambda"] = total.new_tensor(lam)
         parts["loss"] = total.detach()
         return total, parts
 
