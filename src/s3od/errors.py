@@ -9,6 +9,14 @@ class InvalidImageError(S3ODError, ValueError):
     """The input could not be decoded or is not an image s3od can process."""
 
 
+class UnsupportedFormatError(InvalidImageError):
+    """The bytes are an image, but in a format s3od does not decode (PSD, EPS, ICO ...)."""
+
+
+class ImageTooLargeError(InvalidImageError):
+    """The image header declares more pixels than the caller's limit; nothing was decoded."""
+
+
 class ModelNotFoundError(S3ODError, FileNotFoundError):
     """A model name, path or hub id could not be resolved to weights."""
 

@@ -2,6 +2,14 @@
 
 Accepts paths, bytes, file objects, PIL images and numpy arrays; applies EXIF orientation and
 converts 16-bit, CMYK, palette, LA and greyscale images the way a user expects to see them.
+
+Encoded inputs (paths, bytes, file objects) are hostile until decoded: only the formats in
+:data:`ACCEPTED_FORMATS` are decoded, the pixel count is read from the header and checked against
+``max_pixels`` before any pixel is decoded, and whatever goes wrong while decoding (truncated
+data, malformed EXIF, a decoder bug) surfaces as :class:`~s3od.errors.InvalidImageError`.
+Pillow's process-wide ``Image.MAX_IMAGE_PIXELS`` keeps the value the application gave it: it is
+lifted only under a lock, for one header read (to name a bomb's size) or for one decode that the
+caller's own ``max_pixels`` allows, and restored right after.
 """
 
 from __future__ import annotations
@@ -9,46 +17,179 @@ from __future__ import annotations
 import io
 import os
 import tempfile
+import threading
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from s3od.errors import InvalidImageError
+from s3od.errors import ImageTooLargeError, InvalidImageError, UnsupportedFormatError
 
 ImageInput = str | os.PathLike | bytes | bytearray | IO[bytes] | Image.Image | np.ndarray
+
+#: Formats decoded from files and bytes. Everything else Pillow could open (PSD, EPS, ICO, TGA,
+#: JPEG 2000 ...) is refused: each extra decoder is attack surface, and EPS even runs Ghostscript.
+#: Convert such files first, or pass them in as a PIL image or numpy array.
+ACCEPTED_FORMATS = ("JPEG", "MPO", "PNG", "WEBP", "BMP", "TIFF", "GIF", "AVIF")
+
+#: Default pixel limit for encoded inputs: 178 MP, about Pillow's own refusal threshold. Every
+#: camera photo up to 150 MP fits; larger panoramas need ``max_pixels=`` (``--max-pixels``).
+DEFAULT_MAX_PIXELS = 178_000_000
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 
-# Refuse decompression bombs early; callers that need more can raise this.
-Image.MAX_IMAGE_PIXELS = 24_000 * 24_000
+#: Serialises the rare opens and decodes that need Pillow's global bomb limit lifted.
+_PILLOW_LIMIT_LOCK = threading.Lock()
 
 
-def _open(source: Any) -> Image.Image:
-    try:
-        if isinstance(source, (bytes, bytearray, memoryview)):
-            if len(source) == 0:
-                raise InvalidImageError("empty input (0 bytes)")
-            img = Image.open(io.BytesIO(bytes(source)))
-        elif isinstance(source, (str, os.PathLike)):
-            path = Path(source)
+def _accepted_list() -> str:
+    return ", ".join(f for f in ACCEPTED_FORMATS if f != "MPO")
+
+
+def _reason(err: BaseException) -> str:
+    text = str(err).strip()
+    return f"{type(err).__name__}: {text}" if text else type(err).__name__
+
+
+@contextmanager
+def _pillow_limit_lifted() -> Iterator[None]:
+    """Lift Pillow's process-wide bomb limit for one header read or one decode, then restore it.
+
+    Used only where s3od checks the pixel count itself: to read the header of an image over
+    Pillow's threshold (so the refusal can name its size) and to decode one that the caller's
+    own, larger limit allows. The lock makes every use restore exactly the value it found.
+    """
+    with _PILLOW_LIMIT_LOCK:
+        saved = Image.MAX_IMAGE_PIXELS
+        Image.MAX_IMAGE_PIXELS = None
+        try:
+            yield
+        finally:
+            Image.MAX_IMAGE_PIXELS = saved
+
+
+def _pillow_refuses(pixels: int) -> bool:
+    """Whether Pillow's own check would raise DecompressionBombError at this size."""
+    limit = Image.MAX_IMAGE_PIXELS
+    return limit is not None and pixels > 2 * limit
+
+
+def _opener(source: Any) -> Callable[[], Any]:
+    """Validate an encoded source and return a function giving something Image.open reads."""
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        if len(source) == 0:
+            raise InvalidImageError("empty input (0 bytes)")
+        data = bytes(source)
+        return lambda: io.BytesIO(data)
+    if isinstance(source, (str, os.PathLike)):
+        path = Path(source)
+        try:
             if not path.is_file():
                 raise InvalidImageError(f"no such file: {path}")
             if path.stat().st_size == 0:
                 raise InvalidImageError(f"empty file (0 bytes): {path}")
-            img = Image.open(path)
-        else:
-            img = Image.open(source)
-        img.load()
-        return img
-    except InvalidImageError:
-        raise
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
-        raise InvalidImageError(f"cannot decode image: {err}") from err
-    except Image.DecompressionBombError as err:  # pragma: no cover - subclass of Exception
-        raise InvalidImageError(str(err)) from err
+        except OSError as err:  # permission denied, name too long, symlink loop ...
+            raise InvalidImageError(f"cannot read {path}: {err.strerror or err}") from None
+        return lambda: path
+    if hasattr(source, "read"):
+        stream = source if getattr(source, "seekable", lambda: False)() else io.BytesIO(
+            source.read())
+        start = stream.tell()
+
+        def rewind() -> Any:
+            stream.seek(start)
+            return stream
+        return rewind
+    raise InvalidImageError(f"cannot read an image from a {type(source).__name__}")
+
+
+def _open_lazy(opener: Callable[[], Any]) -> Image.Image:
+    """``Image.open`` (header only) whatever Pillow's bomb limit; callers check the size."""
+    def attempt() -> Image.Image:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                return Image.open(opener())
+        except Image.DecompressionBombError:
+            raise
+        except UnidentifiedImageError:
+            raise InvalidImageError("cannot decode image: not an image in any known format "
+                                    f"(accepted: {_accepted_list()})") from None
+        except InvalidImageError:
+            raise
+        except MemoryError:
+            raise InvalidImageError("cannot decode image: out of memory reading the header"
+                                    ) from None
+        except Exception as err:  # a header parser failing in any way
+            raise InvalidImageError(f"cannot decode image header: {_reason(err)}") from err
+
+    try:
+        return attempt()
+    except Image.DecompressionBombError:
+        pass
+    with _pillow_limit_lifted():  # only the header is parsed here; nothing is decoded
+        return attempt()
+
+
+@dataclass(frozen=True)
+class ImageHeader:
+    """What an encoded image's header says, before any pixel is decoded."""
+
+    format: str
+    width: int
+    height: int
+
+    @property
+    def pixels(self) -> int:
+        return self.width * self.height
+
+
+def read_header(source: ImageInput) -> ImageHeader:
+    """Format and size of a path, bytes or file object, parsing only the header.
+
+    Raises :class:`~s3od.errors.InvalidImageError` when no known format matches or the header
+    is broken; formats outside :data:`ACCEPTED_FORMATS` are reported, not refused, here.
+    """
+    with _open_lazy(_opener(source)) as img:
+        return ImageHeader(img.format or "", *img.size)
+
+
+def _check_header(img: Image.Image, max_pixels: int) -> None:
+    if img.format not in ACCEPTED_FORMATS:
+        raise UnsupportedFormatError(
+            f"image format {img.format or 'unknown'} is not accepted; use one of "
+            f"{_accepted_list()} (or pass a PIL image or numpy array)")
+    width, height = img.size
+    if width <= 0 or height <= 0:
+        raise InvalidImageError(f"cannot decode image: it has no pixels ({width}x{height})")
+    if width * height > max_pixels:
+        raise ImageTooLargeError(
+            f"image is {width}x{height} = {width * height / 1e6:.1f} MP, over the limit of "
+            f"{max_pixels / 1e6:.1f} MP (it would take {3 * width * height / 2**30:.1f} GiB "
+            f"decoded); raise max_pixels (CLI: --max-pixels) to allow larger photos")
+
+
+def _decode(img: Image.Image) -> np.ndarray:
+    """Decode pixels and convert them; every failure becomes InvalidImageError."""
+    lifted = _pillow_limit_lifted() if _pillow_refuses(img.width * img.height) else nullcontext()
+    with lifted, warnings.catch_warnings():
+        # the caller's own limit was checked; Pillow's warning would only repeat it, louder
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        try:
+            img.load()
+        except MemoryError:
+            raise InvalidImageError(f"cannot decode image: out of memory decoding "
+                                    f"{img.width}x{img.height} pixels") from None
+        except Exception as err:  # truncated data, corrupt streams, decoder errors of any type
+            raise InvalidImageError(f"cannot decode {img.format} image: {_reason(err)}"
+                                    ) from err
+        return _to_array(img)
 
 
 def pil_to_rgb(img: Image.Image) -> Image.Image:
@@ -101,15 +242,42 @@ def array_to_rgb(arr: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(out)
 
 
-def load_image(source: ImageInput) -> np.ndarray:
-    """Any supported input -> HxWx3 uint8 RGB (EXIF orientation applied)."""
-    if isinstance(source, np.ndarray):
-        return array_to_rgb(source)
-    img = source if isinstance(source, Image.Image) else _open(source)
+def _to_array(img: Image.Image) -> np.ndarray:
     try:
         return np.asarray(pil_to_rgb(img), dtype=np.uint8).copy()
-    except (OSError, ValueError) as err:
-        raise InvalidImageError(f"cannot convert image: {err}") from err
+    except MemoryError:
+        raise InvalidImageError(
+            f"not enough memory to convert a {img.width}x{img.height} image") from None
+    except SyntaxError as err:  # Pillow's TIFF parser, reading a malformed EXIF block
+        raise InvalidImageError(
+            f"cannot decode image: malformed EXIF metadata ({_reason(err)})") from err
+    except Exception as err:
+        raise InvalidImageError(
+            f"cannot decode image: converting its {img.mode} pixels failed ({_reason(err)})"
+        ) from err
+
+
+def load_image(source: ImageInput, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Any supported input -> HxWx3 uint8 RGB (EXIF orientation applied).
+
+    Args:
+        source: a path, bytes, a binary file object, a PIL image or a numpy array.
+        max_pixels: encoded inputs (paths, bytes, files) whose header declares more pixels are
+            refused with :class:`~s3od.errors.ImageTooLargeError` before anything is decoded.
+            PIL images and arrays are already in memory and are not checked.
+
+    Raises:
+        InvalidImageError: for every input that cannot be decoded, whatever the reason
+            (subclasses :class:`~s3od.errors.UnsupportedFormatError` and
+            :class:`~s3od.errors.ImageTooLargeError` say which refusal it was).
+    """
+    if isinstance(source, np.ndarray):
+        return array_to_rgb(source)
+    if isinstance(source, Image.Image):
+        return _to_array(source)
+    with _open_lazy(_opener(source)) as img:
+        _check_header(img, max_pixels)
+        return _decode(img)
 
 
 def save_image_atomic(image: Image.Image, path: str | os.PathLike, **save_kwargs: Any) -> Path:

@@ -7,17 +7,13 @@ Everything here runs before any pixel is decoded, so a hostile or careless clien
 from __future__ import annotations
 
 import asyncio
-import io
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
 
-from s3od.errors import InvalidImageError
-from s3od.imageio import load_image
-from s3od.serving.settings import ACCEPTED_FORMATS
+from s3od.errors import ImageTooLargeError, InvalidImageError, UnsupportedFormatError
+from s3od.imageio import ACCEPTED_FORMATS, ImageHeader, load_image, read_header
 
 RAW_TYPES = ("application/octet-stream",)
 MULTIPART = "multipart/form-data"
@@ -83,49 +79,36 @@ async def read_body(stream: AsyncIterator[bytes], declared_length: str | None, l
     return b"".join(chunks)
 
 
-@dataclass(frozen=True)
-class ImageHeader:
-    """What the header says, before any pixel is decoded."""
-
-    format: str
-    width: int
-    height: int
-
-
 def probe_image(data: bytes, max_pixels: int) -> ImageHeader:
     """Read only the header: refuse unknown bytes (400), formats (415) and sizes (413)."""
     if not data:
         raise ApiError(400, "invalid_image", "empty body: no image bytes were sent")
     try:
-        with Image.open(io.BytesIO(data)) as img:  # lazy: parses the header only
-            fmt, (width, height) = img.format or "", img.size
-    except Image.DecompressionBombError as err:
-        raise ApiError(413, "too_many_pixels", str(err)) from None
-    except UnidentifiedImageError:
-        raise ApiError(400, "invalid_image",
-                       f"cannot decode image: {len(data)} bytes in no known image format") from None
-    except (OSError, SyntaxError, ValueError) as err:
-        raise ApiError(400, "invalid_image", f"cannot decode image: {err}") from None
-    if fmt not in ACCEPTED_FORMATS:
+        header = read_header(data)  # names a bomb's size whatever Pillow's own limit is
+    except InvalidImageError as err:
+        raise ApiError(400, "invalid_image", str(err)) from None
+    if header.format not in ACCEPTED_FORMATS:
         raise ApiError(415, "unsupported_image_format",
-                       f"image format {fmt or 'unknown'} is not accepted; send one of "
+                       f"image format {header.format or 'unknown'} is not accepted; send one of "
                        f"{', '.join(sorted(set(ACCEPTED_FORMATS) - {'MPO'}))}")
-    if width * height > max_pixels:
+    if header.pixels > max_pixels:
         raise ApiError(413, "too_many_pixels",
-                       f"image is {width}x{height} = {width * height} pixels; the server's "
-                       f"limit is {max_pixels} pixels")
-    return ImageHeader(fmt, width, height)
+                       f"image is {header.width}x{header.height} = {header.pixels} pixels; the "
+                       f"server's limit is {max_pixels} pixels")
+    return header
 
 
 def decode_checked(data: bytes, max_pixels: int) -> np.ndarray:
     """Probe, then decode through the library's one decode path -> HxWx3 uint8 RGB."""
     probe_image(data, max_pixels)
     try:
-        return load_image(data)
+        return load_image(data, max_pixels=max_pixels)
+    except ImageTooLargeError as err:
+        raise ApiError(413, "too_many_pixels", str(err)) from None
+    except UnsupportedFormatError as err:
+        raise ApiError(415, "unsupported_image_format", str(err)) from None
     except InvalidImageError as err:
         raise ApiError(400, "invalid_image", str(err)) from None
-    except Image.DecompressionBombError as err:
-        raise ApiError(413, "too_many_pixels", str(err)) from None
 
 
 class Gate:

@@ -14,10 +14,6 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, m
 
 ENV_PREFIX = "S3OD_"
 
-#: Formats the server decodes. Anything else PIL could open (PSD, EPS, ICO ...) is refused with
-#: 415: each extra decoder is attack surface, and none of them is a photo format people upload.
-ACCEPTED_FORMATS = ("JPEG", "MPO", "PNG", "WEBP", "BMP", "TIFF", "GIF", "AVIF")
-
 
 class ServerSettings(BaseModel):
     """How ``s3od serve`` runs: which model, how it batches, and what it refuses."""
