@@ -110,3 +110,58 @@ def test_only_epoch_aggregates_are_all_reduced(monkeypatch):
     steps = {n for n, _, kw in recorder.calls if kw.get("on_step")}
     epochs = {n for n, _, kw in recorder.calls if kw.get("on_epoch") and n.startswith("train")}
     assert {n.removesuffix("_step") for n in steps} == {n.removesuffix("_epoch") for n in epochs}
+
+
+# --------------------------------------------------------------------------- data loading
+
+
+class _Reseedable:
+    def __init__(self) -> None:
+        self.seeds: list[int] = []
+
+    def reseed(self, seed: int) -> None:
+        self.seeds.append(seed)
+
+
+def _worker_seed_on_rank(monkeypatch, rank: int, worker_seed: int) -> int:
+    from types import SimpleNamespace
+
+    from lightning.fabric.utilities.rank_zero import rank_zero_only
+
+    from synth_sod.model_training import data
+
+    dataset = _Reseedable()
+    info = SimpleNamespace(seed=worker_seed, dataset=dataset, id=0)
+    monkeypatch.setattr(torch.utils.data, "get_worker_info", lambda: info)
+    monkeypatch.setattr(rank_zero_only, "rank", rank, raising=False)
+    # Lightning's own worker seeding (global RNGs) is not under test; keep ours isolated.
+    monkeypatch.setattr("lightning.fabric.utilities.seed.pl_worker_init_function",
+                        lambda *a, **k: None)
+    data._worker_init(0)
+    assert len(dataset.seeds) == 1
+    return dataset.seeds[0]
+
+
+def test_augmentation_seed_differs_per_rank_and_repeats_per_rank(monkeypatch):
+    """Every rank sees the same WorkerInfo.seed; the rank must make their augmentations differ."""
+    seeds = {rank: _worker_seed_on_rank(monkeypatch, rank, 123456789) for rank in range(4)}
+    assert len(set(seeds.values())) == 4, seeds
+    assert _worker_seed_on_rank(monkeypatch, 2, 123456789) == seeds[2]
+    assert all(0 <= s < 2**31 for s in seeds.values())
+    assert _worker_seed_on_rank(monkeypatch, 0, 123456790) != seeds[0]  # next worker
+
+
+def test_validation_loader_uses_the_configured_workers():
+    from torch.utils.data import TensorDataset
+
+    from synth_sod.model_training.data import build_dataloaders
+
+    data = TensorDataset(torch.zeros(4, 1))
+    _, val = build_dataloaders({"num_workers": 6, "train_bs": 2}, data, data)
+    assert val.num_workers == 6  # was capped at 1 whatever num_workers said
+    _, val = build_dataloaders({"num_workers": 6, "val_num_workers": 2, "train_bs": 2},
+                               data, data)
+    assert val.num_workers == 2 and val.persistent_workers
+    _, val = build_dataloaders({"num_workers": 6, "val_num_workers": 0, "train_bs": 2},
+                               data, data)
+    assert val.num_workers == 0 and val.worker_init_fn is None

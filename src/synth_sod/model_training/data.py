@@ -11,6 +11,7 @@ and serves another sample.
 from __future__ import annotations
 
 import logging
+import os
 import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -481,6 +482,27 @@ def build_datasets(cfg: Mapping[str, Any], splits: DataSplits) -> tuple[Dataset,
     return train, val
 
 
+def _global_rank() -> int:
+    """This process's rank in the DDP job, as Lightning knows it (0 without distribution)."""
+    try:
+        from lightning.fabric.utilities.rank_zero import rank_zero_only
+    except ImportError:  # pragma: no cover - lightning is a training dependency
+        return int(os.environ.get("RANK", 0))
+    return int(getattr(rank_zero_only, "rank", 0) or 0)
+
+
+def augmentation_seed(worker_seed: int, rank: int) -> int:
+    """Seed of one data-loader worker's augmentation pipelines, different on every DDP rank.
+
+    ``worker_seed`` (torch's ``WorkerInfo.seed``: base seed + worker id) is the same on every
+    rank, because each rank's base seed comes from a torch generator that
+    ``seed_everything`` set identically; without the rank all ranks would crop and flip
+    their (different) samples with one shared random sequence.
+    """
+    state = np.random.SeedSequence([int(worker_seed) % 2**32, int(rank)]).generate_state(1)
+    return int(state[0] % 2**31)
+
+
 def _worker_init(worker_id: int) -> None:
     """Seed the worker like Lightning does, and keep OpenCV to one thread per worker."""
     cv2.setNumThreads(1)
@@ -492,12 +514,16 @@ def _worker_init(worker_id: int) -> None:
         pass
     info = torch.utils.data.get_worker_info()
     if info is not None and hasattr(info.dataset, "reseed"):
-        info.dataset.reseed(int(info.seed % 2**31))
+        info.dataset.reseed(augmentation_seed(info.seed, _global_rank()))
 
 
 def build_dataloaders(cfg: Mapping[str, Any], train: Dataset, val: Dataset,
                       pin_memory: bool = False) -> tuple[DataLoader, DataLoader | None]:
+    """``num_workers`` feeds training; validation gets ``val_num_workers`` (default the same:
+    one worker could not keep a GPU busy on 1024 px validation images)."""
     workers = int(cfg.get("num_workers", 0))
+    val_workers = cfg.get("val_num_workers")
+    val_workers = workers if val_workers is None else int(val_workers)
     batch = int(cfg["train_bs"])
     val_batch = int(cfg.get("val_bs", batch))
     if isinstance(train, FluxFeatureDataset) and (batch != 1 or val_batch != 1):
@@ -512,8 +538,8 @@ def build_dataloaders(cfg: Mapping[str, Any], train: Dataset, val: Dataset,
     if len(val):
         val_loader = DataLoader(
             val, batch_size=val_batch, shuffle=False,
-            num_workers=min(workers, 1), pin_memory=pin_memory,
-            persistent_workers=min(workers, 1) > 0,
-            worker_init_fn=_worker_init if workers > 0 else None,
+            num_workers=val_workers, pin_memory=pin_memory,
+            persistent_workers=val_workers > 0,
+            worker_init_fn=_worker_init if val_workers > 0 else None,
         )
     return train_loader, val_loader
