@@ -116,3 +116,39 @@ def test_cli_demo_with_missing_model_fails_cleanly(tmp_path):
                           env={**os.environ, "HF_HUB_OFFLINE": "1"})
     err = proc.stderr.decode()
     assert proc.returncode != 0 and "cannot resolve model" in err and "Traceback" not in err
+
+
+def _render_fn(blocks):
+    return next(f.fn for f in blocks.fns.values() if f.name == "render")
+
+
+@pytest.mark.parametrize("make_hash", [
+    lambda evil: str(evil),                                  # absolute path
+    lambda evil: "../" * 12 + str(evil).lstrip("/"),         # climbs out of the temp folder
+    lambda evil: "..",
+    lambda evil: "a/b\x00c",
+    lambda evil: None,
+])
+def test_downloads_stay_in_the_demo_folder_whatever_the_session_hash(tiny_remover, tmp_path,
+                                                                    make_hash):
+    from types import SimpleNamespace
+
+    blocks = build_demo(tiny_remover, loader=lambda name: tiny_remover, initial_name="tiny",
+                        model_names=["tiny"])
+    root = os.path.realpath(blocks.s3od_tempdir.name)
+    evil = tmp_path / "evil"
+    request = SimpleNamespace(session_hash=make_hash(evil))
+    _, cut, mask = _render_fn(blocks)(Prediction(handmade_result(), "tiny"), 1, "white", None,
+                                      request)
+    for update in (cut, mask):
+        path = os.path.realpath(update["value"])
+        assert os.path.dirname(os.path.dirname(path)) == root, path
+        assert len(os.path.basename(os.path.dirname(path))) == 32
+    assert not evil.exists() and list(tmp_path.iterdir()) == []
+    # the same session keeps its folder; another session gets another one
+    _, again, _ = _render_fn(blocks)(Prediction(handmade_result(), "tiny"), 1, "white", None,
+                                     request)
+    assert again["value"] == cut["value"]
+    _, other, _ = _render_fn(blocks)(Prediction(handmade_result(), "tiny"), 1, "white", None,
+                                     SimpleNamespace(session_hash="someone-else"))
+    assert os.path.dirname(other["value"]) != os.path.dirname(cut["value"])

@@ -9,7 +9,10 @@ Gradio is imported at module level because it reads the callbacks' annotations
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import os
+import secrets
 import tempfile
 import threading
 from collections import OrderedDict
@@ -122,6 +125,19 @@ def parse_picker(value: str | None) -> compose.Color:
     return compose.parse_color(text)
 
 
+def session_folder(root: str | os.PathLike, session_hash: object, key: bytes) -> Path:
+    """The folder under ``root`` for one browser session's downloads; created if missing.
+
+    The session hash comes from the client, so it only feeds a keyed digest: whatever it holds
+    (``../..``, an absolute path, NUL bytes), the name is 32 hex digits chosen by the server.
+    """
+    text = str(session_hash) if session_hash else "local"
+    name = hmac.new(key, text.encode("utf-8", "surrogatepass"), hashlib.sha256).hexdigest()[:32]
+    folder = Path(root) / name
+    folder.mkdir(exist_ok=True)
+    return folder
+
+
 def build_demo(
     remover: BackgroundRemoval | None = None,
     *,
@@ -159,6 +175,7 @@ def build_demo(
         names.insert(0, first)
     pool = ModelPool(loader, remover, first)
     outdir = tempfile.TemporaryDirectory(prefix="s3od-demo-")
+    folder_key = secrets.token_bytes(32)
 
     def predict(path: str | None, model_name: str) -> tuple[Any, ...]:
         if not path:
@@ -167,7 +184,7 @@ def build_demo(
             data = Path(path).read_bytes()
             probe_image(data, DEMO_MAX_PIXELS)
             model = pool.get(model_name)
-            result = model.remove_background(load_image(data))
+            result = model.remove_background(load_image(data, max_pixels=DEMO_MAX_PIXELS))
         except ApiError as err:
             raise gr.Error(err.message) from None
         except (S3ODError, ValueError, OSError) as err:
@@ -187,8 +204,7 @@ def build_demo(
             image = render_view(prediction, index, view, color)
         except ValueError as err:
             raise gr.Error(str(err)) from None
-        folder = Path(outdir.name) / (getattr(request, "session_hash", None) or "local")
-        folder.mkdir(exist_ok=True)
+        folder = session_folder(outdir.name, getattr(request, "session_hash", None), folder_key)
         cut_path = folder / ("s3od-mask.png" if view == "mask" else f"s3od-{view.split()[0]}.png")
         image.save(cut_path)
         mask_path = folder / "s3od-mask.png"
