@@ -175,3 +175,40 @@ def test_augmentations_follow_the_global_seed(tmp_path):
 
     assert np.array_equal(sample(0), sample(0))
     assert not np.array_equal(sample(0), sample(1))
+
+
+def test_copy_paste_roles_pick_foregrounds_and_backgrounds_by_source(tmp_path, monkeypatch):
+    """Objects are cut only from the foreground sources, pasted only on background sources."""
+    import synth_sod.model_training.data as data_module
+
+    real = scan_folder(_write_pairs(tmp_path / "real", n=3), "real")
+    pseudo = scan_folder(_write_pairs(tmp_path / "pseudo", n=5), "pseudo")
+    calls = []
+
+    def spy(image, mask, background, bg_mask, size, rng, cfg):
+        calls.append(background is not None)
+        return None  # keep the plain sample: only the choice of sources is under test
+
+    seen_bg = []
+    original = MaskDataset._load_checked
+
+    def tracking(self, index):
+        seen_bg.append(index)
+        return original(self, index)
+
+    monkeypatch.setattr(data_module, "composite", spy)
+    monkeypatch.setattr(MaskDataset, "_load_checked", tracking)
+    cfg = CopyPasteConfig(p=1.0, foreground_sources=("real",), background_sources=("pseudo",))
+    ds = MaskDataset([real, pseudo], 32, "test", copy_paste=cfg)
+    random.seed(1)
+    for i in range(len(ds)):
+        seen_bg.clear()
+        ds[i]
+        if i < len(real):  # one load for the sample, one for its background
+            assert len(seen_bg) == 2 and seen_bg[1] >= len(real)
+        else:  # pseudo-labelled samples are never cut out
+            assert len(seen_bg) == 1
+    assert len(calls) == len(real)
+    with pytest.raises(DataConfigError, match="unknown training source"):
+        MaskDataset([real], 32, "test",
+                    copy_paste=CopyPasteConfig(p=1.0, background_sources=("nope",)))

@@ -189,3 +189,22 @@ def test_every_trainable_parameter_gets_a_gradient(model_cfg, one_thread):
     loss.backward()
     missing = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
     assert not missing
+
+
+def test_iou_rank_term_pulls_the_truly_best_candidate_up():
+    """The ranking term is lower when the head scores the best candidate highest, and its
+    gradient raises the best candidate's score and lowers the others'."""
+    y = _target(b=1)
+    probs = torch.stack([torch.stack([torch.roll(y[0], 4, 1), y[0], torch.zeros_like(y[0])])])
+    logits = _logits_for(probs)  # candidate 1 is the truly best
+    crit = MultiMaskLoss(FOCAL_IOU, iou_head_weight=0.0, iou_rank_weight=1.0)
+    right = torch.tensor([[0.0, 2.0, -2.0]])
+    wrong = torch.tensor([[2.0, 0.0, -2.0]], requires_grad=True)
+    _, good = crit({"pred_masks": logits, "pred_iou": right}, y)
+    total, bad = crit({"pred_masks": logits, "pred_iou": wrong}, y)
+    assert good["iou_rank_loss"] < bad["iou_rank_loss"]
+    total.backward()
+    assert wrong.grad[0, 1] < 0 < wrong.grad[0, 0]  # descent raises 1, lowers 0
+    off = MultiMaskLoss(FOCAL_IOU, iou_head_weight=0.0)
+    _, parts = off({"pred_masks": logits, "pred_iou": wrong.detach()}, y)
+    assert "iou_rank_loss" not in parts  # published behaviour unless asked for

@@ -24,6 +24,11 @@ class CopyPasteConfig:
     feather: tuple[float, float] = (0.3, 1.5)  # Gaussian sigma of the alpha edge, pixels
     background_weights: tuple[float, float, float, float] = (0.55, 0.15, 0.15, 0.15)
     # photo, plain colour, gradient, noise
+    # Source names (dataset entries' ``name``) whose objects are pasted / whose photos serve as
+    # backgrounds; None = every source. Pseudo-labelled photos make good backgrounds but their
+    # teacher masks are not clean enough to cut objects out of.
+    foreground_sources: tuple[str, ...] | None = None
+    background_sources: tuple[str, ...] | None = None
 
 
 def _bbox(mask: np.ndarray) -> tuple[int, int, int, int] | None:

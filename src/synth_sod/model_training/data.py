@@ -275,6 +275,9 @@ class MaskDataset(Dataset):
                              if self.copy_paste else None)
         self.bad: set[int] = set()
         self.max_bad = max(10, int(max_bad_fraction * len(self)))
+        cp = self.copy_paste
+        self._fg_sources = self._source_pool(cp.foreground_sources if cp else None)
+        self._bg_sources = self._source_pool(cp.background_sources if cp else None)
         # albumentations 2 draws from its own generator, which the global seeds do not reach.
         self.reseed(int(np.random.randint(2**31)))
 
@@ -286,6 +289,27 @@ class MaskDataset(Dataset):
 
     def __len__(self) -> int:
         return int(self.offsets[-1])
+
+    def _source_pool(self, names: Sequence[str] | None) -> list[int]:
+        """Indices of the sources named (all when ``names`` is None); unknown names fail."""
+        if names is None:
+            return list(range(len(self.sources)))
+        known = {s.name: k for k, s in enumerate(self.sources)}
+        missing = sorted(set(names) - set(known))
+        if missing:
+            raise DataConfigError(f"copy_paste names unknown training source(s) {missing}; "
+                                  f"known: {sorted(known)}")
+        return sorted(known[n] for n in names)
+
+    def _random_index(self, pool: list[int]) -> int:
+        """A uniformly drawn sample of the sources in ``pool``."""
+        sizes = [len(self.sources[k]) for k in pool]
+        r = random.randrange(sum(sizes))
+        for k, size in zip(pool, sizes, strict=True):
+            if r < size:
+                return int(self.offsets[k]) + r
+            r -= size
+        raise AssertionError("unreachable")
 
     def _locate(self, index: int) -> tuple[Source, int]:
         k = int(np.searchsorted(self.offsets, index, side="right") - 1)
@@ -317,8 +341,10 @@ class MaskDataset(Dataset):
     def __getitem__(self, index: int) -> dict[str, Any]:
         index, image, mask = self._load_checked(index)
         transform = self.transform
-        if self.copy_paste is not None and random.random() < self.copy_paste.p:
-            bg_index, bg_image, bg_mask = self._load_checked(random.randrange(len(self)))
+        source_k = int(np.searchsorted(self.offsets, index, side="right") - 1)
+        if (self.copy_paste is not None and source_k in self._fg_sources
+                and random.random() < self.copy_paste.p):
+            bg_index, bg_image, bg_mask = self._load_checked(self._random_index(self._bg_sources))
             made = composite(image, mask, bg_image if bg_index != index else None, bg_mask,
                              int(self.image_size * random.uniform(1.0, 1.5)), random,
                              self.copy_paste)

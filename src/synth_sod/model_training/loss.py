@@ -152,7 +152,10 @@ class MultiMaskLoss(nn.Module):
 
     ``criterions``: list of ``{"name", "loss": {"type", ...kwargs}, "weight"}``. The IoU-head term
     (``iou_head_weight``, published 0.05) regresses ``sigmoid(pred_iou)`` onto the measured soft
-    IoU of every candidate.
+    IoU of every candidate. ``iou_rank_weight`` (0 as published) adds a ranking term: softmax
+    cross-entropy of the IoU logits against the candidate that is truly best, because a regressor
+    that is right on average can still rank the three candidates of one image wrongly, and the
+    ranking is what picks the mask users get.
     """
 
     def __init__(
@@ -161,6 +164,8 @@ class MultiMaskLoss(nn.Module):
         iou_head_weight: float = 0.05,
         full_mask_lambda: float = 0.1,
         decay_rate: float = 0.2,
+        iou_rank_weight: float = 0.0,
+        iou_rank_temperature: float = 0.1,
     ) -> None:
         super().__init__()
         self.names: list[str] = []
@@ -182,6 +187,8 @@ class MultiMaskLoss(nn.Module):
         self.iou_head_weight = float(iou_head_weight)
         self.full_mask_lambda = float(full_mask_lambda)
         self.decay_rate = float(decay_rate)
+        self.iou_rank_weight = float(iou_rank_weight)
+        self.iou_rank_temperature = float(iou_rank_temperature)
 
     def forward(
         self, outputs: Mapping[str, torch.Tensor], target: torch.Tensor, epoch: int = 0
@@ -227,6 +234,13 @@ class MultiMaskLoss(nn.Module):
             mse = F.mse_loss(torch.sigmoid(outputs["pred_iou"].float()), ious)
             total = total + self.iou_head_weight * mse
             parts["mse_ious_loss"] = mse.detach()
+        if self.iou_rank_weight and "pred_iou" in outputs:
+            # Scores on the IoU scale, sharpened by the temperature, so the term ranks the same
+            # quantity the MSE regresses; targets are the best candidate by measured IoU.
+            scores = torch.sigmoid(outputs["pred_iou"].float()) / self.iou_rank_temperature
+            rank = F.cross_entropy(scores, best)
+            total = total + self.iou_rank_weight * rank
+            parts["iou_rank_loss"] = rank.detach()
         parts["best_iou"] = ious.max(1).values.mean().detach()
         parts["gt_ious"] = ious.mean().detach()
         # On the loss's device: Lightning all-reduces every logged tensor where it lies, and
@@ -243,4 +257,6 @@ def build_loss(cfg: Mapping[str, Any]) -> MultiMaskLoss:
         iou_head_weight=cfg.get("iou_head_weight", 0.05),
         full_mask_lambda=cfg.get("full_mask_lambda", 0.1),
         decay_rate=cfg.get("decay_rate", 0.2),
+        iou_rank_weight=cfg.get("iou_rank_weight", 0.0),
+        iou_rank_temperature=cfg.get("iou_rank_temperature", 0.1),
     )

@@ -172,6 +172,16 @@ def load_matching(module: torch.nn.Module, state: dict[str, torch.Tensor]) -> tu
     return len(matching), sorted(k for k in own if k not in matching)
 
 
+def initial_state(path: str) -> dict[str, torch.Tensor]:
+    """Lightning state dict of a ``.ckpt``, or of released weights (``.safetensors``, e.g. the
+    shipped s3od-lite), whose keys are the bare model's: a new stage can start from either."""
+    if str(path).endswith(".safetensors"):
+        from safetensors.torch import load_file
+
+        return {f"model.{k}": v.float() for k, v in load_file(path).items()}
+    return torch.load(path, map_location="cpu", weights_only=False)["state_dict"]
+
+
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Train (and test) as configured. Returns a small summary."""
     validate(cfg)
@@ -190,7 +200,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
     if ckpt_path and weights_only:
         module = SegmentationLightningModule(cfg)
-        state = torch.load(ckpt_path, map_location="cpu", weights_only=False)["state_dict"]
+        state = initial_state(ckpt_path)
         if cfg.train_stage.get("weights_strict", True):
             module.load_state_dict(state)
             print(f"[resume] weights from {ckpt_path}; optimizer and epoch restart", flush=True)

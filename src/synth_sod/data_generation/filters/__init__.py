@@ -1,8 +1,9 @@
 """Composable sample filters, built from the ``filters:`` list of a filtering config.
 
 Each entry names a filter by ``type`` (``flip_consistency``, ``semantic_quality``,
-``mask_artifacts``) or by a published ``_target_`` (``data_generation.filters.<Class>``); the
-other keys are constructor arguments, checked against the constructor's signature.
+``mask_artifacts``, ``teacher_agreement``, ``mask_confidence``) or by a published ``_target_``
+(``data_generation.filters.<Class>``); the other keys are constructor arguments, checked against
+the constructor's signature.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Any
 
 from synth_sod.data_generation.filters.base import BaseFilter, FilterResult, Sample, iou
 from synth_sod.data_generation.filters.consistency import HorizontalFlipConsistencyFilter
+from synth_sod.data_generation.filters.teacher import MaskConfidenceFilter, TeacherAgreementFilter
 from synth_sod.data_generation.filters.vlm import GemmaMaskArtifactFilter, GemmaSemanticFilter
 from synth_sod.data_generation.sharding import PipelineError
 
@@ -20,6 +22,8 @@ FILTERS: dict[str, type[BaseFilter]] = {
     "flip_consistency": HorizontalFlipConsistencyFilter,
     "semantic_quality": GemmaSemanticFilter,
     "mask_artifacts": GemmaMaskArtifactFilter,
+    "teacher_agreement": TeacherAgreementFilter,
+    "mask_confidence": MaskConfidenceFilter,
 }
 _BY_CLASS = {cls.__name__: cls for cls in FILTERS.values()}
 
@@ -43,5 +47,5 @@ def build_filter(spec: Mapping[str, Any]) -> BaseFilter:
 
 
 __all__ = ["FILTERS", "BaseFilter", "FilterResult", "GemmaMaskArtifactFilter",
-           "GemmaSemanticFilter", "HorizontalFlipConsistencyFilter", "Sample", "build_filter",
-           "iou"]
+           "GemmaSemanticFilter", "HorizontalFlipConsistencyFilter", "MaskConfidenceFilter",
+           "Sample", "TeacherAgreementFilter", "build_filter", "iou"]
