@@ -78,6 +78,19 @@ def cpu_has_fast_bf16() -> bool:
     return bool(cpu_flags() & set(_CPU_BF16_FLAGS))
 
 
+def cuda_has_native_bf16(device: torch.device) -> bool:
+    """Whether the GPU ``device`` names (not the current one) computes bf16 natively.
+
+    ``torch.cuda.is_bf16_supported()`` answers for the *current* device, which is ``cuda:0``
+    unless someone switched it: on a machine mixing GPU generations ``cuda:1`` would get the
+    answer of ``cuda:0``. ROCm GPUs all have bf16.
+    """
+    if torch.version.hip:
+        return True
+    major, _ = torch.cuda.get_device_capability(device)
+    return major >= 8
+
+
 def auto_precision(device: torch.device) -> str:
     """The fastest precision that keeps masks close to float32 on ``device``.
 
@@ -85,7 +98,7 @@ def auto_precision(device: torch.device) -> str:
     cores, fp32 before that. CPU: bf16 with AMX/AVX512-BF16, else fp32. Others (MPS): fp32.
     """
     if device.type == "cuda":
-        if torch.cuda.is_bf16_supported(including_emulation=False):
+        if cuda_has_native_bf16(device):
             return "bf16"
         major, _ = torch.cuda.get_device_capability(device)
         return "fp16" if major >= 7 else "fp32"
@@ -205,6 +218,36 @@ def _conv_bn_pairs(model: nn.Module, example: torch.Tensor) -> list[tuple[str, s
             if seen[c] == 1 and seen[b] == 1 and convs.count(c) == 1]
 
 
+def _tf32_switches() -> list[tuple[Any, str, Any]]:
+    """(object, attribute, value that means "full float32") for cuDNN convolutions and cuBLAS
+    matrix products: the per-operation ``fp32_precision`` settings where torch has them
+    (2.9+), the older ``allow_tf32`` flags before."""
+    conv = getattr(torch.backends.cudnn, "conv", None)
+    matmul = torch.backends.cuda.matmul
+    if conv is not None and hasattr(conv, "fp32_precision"):
+        return [(conv, "fp32_precision", "ieee"), (matmul, "fp32_precision", "ieee")]
+    return [(torch.backends.cudnn, "allow_tf32", False), (matmul, "allow_tf32", False)]
+
+
+@contextlib.contextmanager
+def full_float32() -> Iterator[None]:
+    """float32 convolutions and matrix products without TF32 inside the block.
+
+    On Ampere and newer GPUs cuDNN runs float32 convolutions in TF32 by default (10 bits of
+    mantissa instead of 23), so two float32 models that agree exactly differ by TF32 rounding
+    there. The previous settings come back on exit. No effect on CPU.
+    """
+    saved = []
+    try:
+        for owner, name, exact in _tf32_switches():
+            saved.append((owner, name, getattr(owner, name)))
+            setattr(owner, name, exact)
+        yield
+    finally:
+        for owner, name, value in reversed(saved):
+            setattr(owner, name, value)
+
+
 def _merge(conv: nn.Conv2d, norm: nn.BatchNorm2d) -> None:
     """Fold an eval-mode batch norm into the convolution before it (new tensors, not in place).
 
@@ -236,7 +279,9 @@ def fold_batchnorm(model: nn.Module, example: torch.Tensor) -> nn.Module:
     The copy shares every tensor it does not change with ``model`` (only the merged
     convolutions get new weights), so it costs almost no memory, and ``model`` itself is left
     untouched. The copy is checked against ``model`` on ``example``; if they disagree (a
-    convolution output that is also used elsewhere), ``model`` is returned unchanged.
+    convolution output that is also used elsewhere), ``model`` is returned unchanged. The
+    check runs in full float32 (:func:`full_float32`): with the TF32 convolutions CUDA uses by
+    default, rounding alone put the shipped s3od-lite over the tolerance.
     """
     pairs = _conv_bn_pairs(model, example)
     if not pairs:
@@ -246,7 +291,7 @@ def fold_batchnorm(model: nn.Module, example: torch.Tensor) -> nn.Module:
         _merge(fused.get_submodule(conv_name), fused.get_submodule(norm_name))
         parent, _, child = norm_name.rpartition(".")
         setattr(fused.get_submodule(parent), child, nn.Identity())
-    with torch.inference_mode():
+    with torch.inference_mode(), full_float32():
         expected, got = model(example), fused(example)
     ref, out = _first_tensor(expected), _first_tensor(got)
     tolerance = 1e-3 * (1.0 + float(ref.abs().max()))
@@ -289,6 +334,17 @@ class RuntimeOptions:
         return "+".join(parts)
 
 
+def use_cudnn_autotuner(device: torch.device) -> None:
+    """On CUDA, let cuDNN time its convolution algorithms once per input shape.
+
+    Inference inputs are letterboxed to one side, so only the batch size varies: a handful of
+    shapes, each tuned on its first batch, then the fastest kernels for the rest of the run.
+    The setting is process-wide (``torch.backends.cudnn.benchmark``); CPU runs are untouched.
+    """
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+
+
 def prepare_model(
     model: nn.Module,
     device: torch.device,
@@ -311,6 +367,7 @@ def prepare_model(
         The callable to run (the module, or its compiled wrapper) and the options in effect.
     """
     precision = resolve_precision(precision, device)
+    use_cudnn_autotuner(device)
     model = model.to(device).eval()
     if channels_last is None:
         channels_last = auto_channels_last(device, model)
