@@ -194,3 +194,26 @@ def test_labels_flow_through_filter_and_export_into_training(tmp_path: Path, pho
         expected = truth[source.key(i).rsplit("/", 1)[-1]]
         assert image.shape[:2] == expected.shape
         assert iou(mask > 127, expected) > 0.9
+
+
+def test_cli_labels_a_folder_and_reports_bad_input(tmp_path: Path, photos) -> None:
+    from typer.testing import CliRunner
+
+    from synth_sod.data_generation.cli import app
+
+    root, _ = photos
+    teacher = export_teacher(tmp_path / "t.onnx")
+    runner = CliRunner()
+    out = tmp_path / "cli"
+    result = runner.invoke(app, ["pseudo-label", "--image-dir", str(root), "--teacher",
+                                 str(teacher), "--tta", "flip", "--output-dir", str(out)])
+    # One photo is corrupt: reported as failed (exit 1), the three others are labelled.
+    assert result.exit_code == 1, result.output
+    assert "3 done" in result.output and "1 failed" in result.output
+    assert len(list(out.glob("*/masks/*.png"))) == 3
+    missing = runner.invoke(app, ["pseudo-label", "--image-dir", str(root), "--teacher",
+                                  str(tmp_path / "nope.onnx"), "--output-dir", str(out)])
+    assert missing.exit_code == 2 and "teacher model not found" in missing.output
+    bad_tta = runner.invoke(app, ["pseudo-label", "--image-dir", str(root), "--teacher",
+                                  str(teacher), "--output-dir", str(out), "--tta", "rotate"])
+    assert bad_tta.exit_code == 2 and "--tta" in bad_tta.output

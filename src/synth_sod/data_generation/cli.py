@@ -287,6 +287,50 @@ def export(input_dir: Path = typer.Option(..., "--input-dir", "--input_dir"),
     _report(manifest)
 
 
+@app.command("pseudo-label")
+def pseudo_label_(
+        image_dir: list[Path] = typer.Option(..., "--image-dir", "--image_dir",
+                                             help="Photos: <dir>/<source>/images, <dir>/images "
+                                                  "or images directly in <dir> (repeatable)."),
+        output_dir: Path = typer.Option(..., "--output-dir", "--output_dir",
+                                        help="Writes <source>/{images,masks,metadata}: the "
+                                             "generation layout `filter` and `export` read."),
+        teacher: str = typer.Option(..., "--teacher",
+                                    help="An .onnx saliency model (rembg preprocessing, e.g. "
+                                         "u2net.onnx) or any model s3od loads (registry name, "
+                                         "hub id, checkpoint)."),
+        tta: str = typer.Option("none", "--tta", help="Teacher test-time augmentation: none, "
+                                                      "flip."),
+        scales: str | None = typer.Option(None, "--scales",
+                                          help="Extra teacher input scales, e.g. 0.75,1.25 "
+                                               "(models with a dynamic input size)."),
+        teacher_size: int | None = typer.Option(None, "--teacher-size", min=16,
+                                                help="Teacher input side (default: its own)."),
+        device: str | None = typer.Option(None, "--device", help="Device of an s3od teacher."),
+        threads: int | None = typer.Option(None, "--threads", min=1,
+                                           help="ONNX Runtime threads of an .onnx teacher."),
+        limit: int | None = typer.Option(None, "--limit", min=1,
+                                         help="Only the first N photos (in sorted order)."),
+        num_shards: int | None = NUM_SHARDS, shard_index: int | None = SHARD_INDEX) -> None:
+    """Teacher pseudo-labels for photos without masks (distil a teacher into a student)."""
+    from synth_sod.data_generation.pseudo_label import TTA, load_teacher, pseudo_label
+
+    if tta not in ("none", "flip"):
+        raise fail(f"--tta must be 'none' or 'flip', got {tta!r}")
+    try:
+        scale_list = tuple(float(x) for x in (scales or "").split(",") if x.strip())
+    except ValueError:
+        raise fail(f"--scales must be comma-separated numbers, got {scales!r}") from None
+    _setup_logging()
+    with _Step():
+        shard = _shard(num_shards, shard_index)
+        model = load_teacher(teacher, size=teacher_size, device=device, threads=threads)
+        manifest = pseudo_label(image_dir, output_dir, model,
+                                tta=TTA(flip=tta == "flip", scales=scale_list), shard=shard,
+                                limit=limit)
+    _report(manifest)
+
+
 def main() -> None:
     """Console-script entry point (``s3od-data``)."""
     app()

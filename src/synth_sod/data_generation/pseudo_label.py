@@ -326,3 +326,9 @@ def pseudo_label(image_dirs: Sequence[str | os.PathLike], output_dir: str | os.P
     log.info("pseudo_label %s: %d labelled, %d already done, %d failed", shard.tag,
              manifest.done, manifest.skipped, len(manifest.failed))
     return manifest
+
+
+if __name__ == "__main__":
+    from synth_sod.data_generation.module_entry import run_as_step
+
+    run_as_step("pseudo-label")
