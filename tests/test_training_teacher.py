@@ -73,7 +73,7 @@ def test_flux_feature_dataset_and_training_step(tmp_path):
     assert set(info["parts"]) == {"focal_loss", "iou_loss", "mse_ious_loss", "loss"}
     loss.backward()
     model = module.model
-    assert all(p.grad is None for p in model.encoder.parameters())
+    assert model.encoder is None  # the ViT never runs with use_dino_features=False
     assert all(p.grad is None for p in model.seg_head.projects.parameters())
     assert model.seg_head.fusion_modules[0].flux_projection[0].weight.grad is not None
     # every trainable parameter receives a gradient: DDP needs no find_unused_parameters
@@ -95,3 +95,34 @@ def test_missing_feature_folder_is_clear(tmp_path):
     root = _make_set(tmp_path)
     with pytest.raises(DataConfigError, match="does not exist"):
         FluxFeatureDataset([scan_folder(root / "DUTS-TR")], tmp_path / "nope")
+
+
+def test_unused_encoder_is_not_built_and_published_weights_still_load(tmp_path):
+    """use_dino_features=False: no ViT on the device; checkpoints holding one load anyway."""
+    from s3od.hub import save_checkpoint
+    from s3od.modeling.encoders.dinov3 import build_dinov3, load_dinov3_config
+    from synth_sod.data_generation.teacher import load_teacher
+
+    torch.manual_seed(0)
+    model = FluxDPTSegmentation(**TEACHER_PARAMS)
+    assert model.encoder is None
+    assert not any(k.startswith("encoder.") for k in model.state_dict())
+    vit = build_dinov3(load_dinov3_config(TINY_ENCODER))
+    published = {**model.state_dict(),
+                 **{f"encoder.{k}": v for k, v in vit.state_dict().items()}}
+    fresh = FluxDPTSegmentation(**TEACHER_PARAMS)
+    fresh.load_state_dict(published, strict=True)  # encoder.* dropped, the rest must fit
+    key = "seg_head.fusion_modules.0.flux_projection.0.weight"
+    assert torch.equal(fresh.state_dict()[key], published[key])
+    # through the Lightning module too (checkpoint keys carry the "model." prefix)
+    module = SegmentationLightningModule({
+        "model": {"architecture": "flux_teacher", "params": TEACHER_PARAMS},
+        "loss": {"criterions": [{"name": "iou_loss", "loss": {"type": "iou"}}]},
+        "optimizer": {"lr": 1e-3}, "scheduler": {"schedulers": []}})
+    module.load_state_dict({f"model.{k}": v for k, v in published.items()}, strict=True)
+    # and the data-generation loader, from a checkpoint file
+    path = save_checkpoint(published, tmp_path / "teacher.safetensors", "flux_teacher",
+                           TEACHER_PARAMS)
+    loaded = load_teacher(path)
+    assert loaded.encoder is None
+    assert torch.equal(loaded.state_dict()[key], published[key])

@@ -10,9 +10,11 @@ to the usual DPT keys), so published teacher weights load strictly.
 
 With ``use_dino_features=False`` (the published configuration) the DINOv3 levels only set the
 spatial sizes: the published code still ran the ViT-L encoder and left its parameters without
-gradients (which breaks DDP unless ``find_unused_parameters``). Here the encoder is skipped in
-that case, the level sizes are computed from the image size (identical outputs), and the unused
-parameters are frozen; they stay in the state dict for checkpoint compatibility.
+gradients (which breaks DDP unless ``find_unused_parameters``). Here the encoder is not built
+in that case (``encoder`` is None: 303 M parameters, 1.2 GB of float32 weights plus their
+optimizer state, never on the GPU), the level sizes are computed from the image size
+(identical outputs), and the unused head projections are frozen and kept in the state dict.
+Published checkpoints still load: their ``encoder.*`` weights are dropped on loading.
 """
 
 from __future__ import annotations
@@ -124,6 +126,14 @@ class FluxDPTHead(DPTHead):
         }
 
 
+def _drop_encoder_weights(module: nn.Module, state_dict: dict, prefix: str, *_: object) -> None:
+    """Load-time hook of a teacher built without its encoder: checkpoints written with the
+    encoder (published, or trained before it was skipped) carry ``encoder.*`` weights that
+    nothing here runs."""
+    for key in [k for k in state_dict if k.startswith(prefix + "encoder.")]:
+        del state_dict[key]
+
+
 class FluxDPTSegmentation(nn.Module):
     """DINOv3 (ViT-L by default) + DPT head fused with FLUX features and concept maps."""
 
@@ -144,7 +154,7 @@ class FluxDPTSegmentation(nn.Module):
     ) -> None:
         super().__init__()
         config = load_dinov3_config(encoder_config)
-        self.encoder = build_dinov3(config)
+        self.encoder = build_dinov3(config) if use_dino_features else None
         if layer_indices is None:
             layer_indices = DEFAULT_LAYER_INDICES.get(config.num_hidden_layers, (2, 5, 8, 11))
         self.layer_indices = tuple(int(i) for i in layer_indices)
@@ -160,10 +170,11 @@ class FluxDPTSegmentation(nn.Module):
             num_masks=num_masks, use_bn=use_bn, reassemble=True,
         )
         if not use_dino_features:
-            unused = [self.encoder, self.seg_head.projects, self.seg_head.resize_layers]
+            unused = [self.seg_head.projects, self.seg_head.resize_layers]
             unused += [getattr(self.seg_head.scratch, f"layer{i}_rn") for i in range(1, 5)]
             for module in unused:
                 module.requires_grad_(False)
+            self.register_load_state_dict_pre_hook(_drop_encoder_weights)
         # refinenet4 never receives a skip input, so its first residual unit is never used.
         self.seg_head.scratch.refinenet4.resConfUnit1.requires_grad_(False)
 
