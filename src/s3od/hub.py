@@ -19,10 +19,11 @@ from typing import Any
 
 import torch
 
+from s3od.architectures import build_model, get_architecture
 from s3od.errors import CheckpointError, ModelNotFoundError
 from s3od.registry import DEFAULT_MODEL, FALLBACK_MODEL, ModelSpec, get_spec
 
-log = logging.getLogger("s3od")
+log = logging.getLogger(__name__)
 
 CHECKPOINT_NAMES = ("s3od.safetensors", "model.safetensors", "s3od.pt", "model.pt", "last.ckpt")
 _METADATA_KEY = "s3od"
@@ -166,8 +167,6 @@ def infer_config(state_dict: dict[str, torch.Tensor]) -> tuple[str, dict[str, An
 
 def build_from_checkpoint(resolved: ResolvedCheckpoint) -> torch.nn.Module:
     """Instantiate the architecture and load the weights strictly, with a readable error."""
-    from s3od.modeling import build_model
-
     model = build_model(resolved.architecture, **resolved.config)
     try:
         model.load_state_dict(resolved.state_dict, strict=True)
@@ -245,9 +244,10 @@ def _from_file(path: Path, spec: ModelSpec | None, name: str) -> ResolvedCheckpo
             arch, config = data.get("architecture"), dict(data.get("config") or {})
     if arch is None:
         arch, config = infer_config(state)
-    size = spec.image_size if spec else int(config.pop("image_size", 0) or 0) or (
-        512 if arch == "lite" else 1024)
-    config.pop("image_size", None)
+    # Input side: the registry entry's, else one stored with the weights, else the default of
+    # the architecture (s3od.architectures decides it, e.g. 320 for a bare lite checkpoint).
+    stored = int(config.pop("image_size", 0) or 0)
+    size = spec.image_size if spec else stored or get_architecture(arch).image_size
     return ResolvedCheckpoint(state, arch, config, str(path), name, size)
 
 

@@ -1,4 +1,8 @@
-"""Model registry: a name -> architecture, constructor config, and where the weights live."""
+"""Model registry: a name -> architecture, constructor config, and where the weights live.
+
+A model is one set of weights; its architecture (how to build the module, the default input
+side) is looked up in :mod:`s3od.architectures`, so the two tables cannot disagree.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +11,9 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-_DINOV3_BASE_3 = {"encoder_config": "dinov3_vitb16", "num_masks": 3}
+from s3od.architectures import get_architecture
+
+_DINOV3_BASE_3 = dict(get_architecture("dpt_dinov3").config)
 
 
 @dataclass(frozen=True)
@@ -21,8 +27,13 @@ class ModelSpec:
     hub_repo: str | None = None
     hub_filenames: tuple[str, ...] = ("s3od.safetensors", "s3od.pt")
     bundled_file: str | None = None
-    image_size: int = 1024
+    #: Input side; 0 means the architecture's default (``s3od.architectures``).
+    image_size: int = 0
     license: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.image_size:
+            object.__setattr__(self, "image_size", get_architecture(self.architecture).image_size)
 
     def bundled_path(self) -> Path | None:
         """Path of the weights shipped inside the package, if this model has any."""
@@ -59,7 +70,7 @@ MODELS: dict[str, ModelSpec] = {
                   license="MIT"),
         ModelSpec("s3od-lite", "lite", LITE_CONFIG,
                   "EfficientNet-Lite0 + fusion decoder, bundled, runs offline",
-                  bundled_file="s3od-lite.safetensors", image_size=320,
+                  bundled_file="s3od-lite.safetensors",
                   license="research-only weights (docs/model-card.md)"),
     )
 }

@@ -98,11 +98,12 @@ def _quiet_exporter() -> Iterator[None]:
 def _resolve_module(model: str | os.PathLike | torch.nn.Module | None,
                     image_size: int | None) -> tuple[torch.nn.Module, str, str, int]:
     if isinstance(model, torch.nn.Module):
-        from s3od.modeling import ARCHITECTURES
+        from s3od.architectures import architecture_of
 
-        arch = next((k for k, cls in ARCHITECTURES.items() if type(model) is cls),
-                    type(model).__name__)
-        return model, arch, arch, image_size or 1024
+        family = architecture_of(model)
+        if family is None:  # a custom module: named by its class, exported at 1024 px
+            return model, type(model).__name__, type(model).__name__, image_size or 1024
+        return model, family.name, family.name, image_size or family.image_size
     from s3od.hub import build_from_checkpoint, resolve
 
     resolved = resolve(model)

@@ -16,11 +16,11 @@ from pathlib import Path
 
 import torch
 
+from s3od.architectures import list_architectures
 from synth_sod.model_training.checkpoints import read_lightning_checkpoint
 
 DTYPES = {"fp32": None, "float32": None, "fp16": torch.float16, "float16": torch.float16,
           "bf16": torch.bfloat16, "bfloat16": torch.bfloat16}
-INFERENCE_ARCHITECTURES = ("dpt_dinov3", "lite")
 
 
 def export_checkpoint(ckpt: str | Path, out: str | Path, dtype: str = "fp32",
@@ -33,9 +33,10 @@ def export_checkpoint(ckpt: str | Path, out: str | Path, dtype: str = "fp32",
     state, config = read_lightning_checkpoint(ckpt)
     model_cfg = config["model"]
     architecture = model_cfg["architecture"]
-    if architecture not in INFERENCE_ARCHITECTURES:
+    exportable = list_architectures(inference=True)
+    if architecture not in exportable:
         raise ValueError(f"architecture {architecture!r} has no inference predictor "
-                         f"(exportable: {INFERENCE_ARCHITECTURES}); the FLUX teacher is used "
+                         f"(exportable: {exportable}); the FLUX teacher is used "
                          "through synth_sod.data_generation instead")
     params = dict(model_cfg.get("params") or {})
     return save_checkpoint(state, out, architecture, params, dtype=DTYPES[dtype], name=name)

@@ -20,13 +20,20 @@ Published checkpoints still load: their ``encoder.*`` weights are dropped on loa
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from s3od.architectures import register_architecture
 from s3od.modeling.dpt import DPTHead
-from s3od.modeling.encoders.dinov3 import build_dinov3, dinov3_features, load_dinov3_config
+from s3od.modeling.encoders.dinov3 import (
+    build_dinov3,
+    dinov3_features,
+    load_dinov3_config,
+    load_pretrained_dinov3,
+)
 from s3od.modeling.segmentation import DEFAULT_LAYER_INDICES
 
 
@@ -207,3 +214,16 @@ class FluxDPTSegmentation(nn.Module):
             feats = dinov3_features(self.encoder, images, self.layer_indices)
         return self.seg_head.forward_fused(feats, sizes, flux, concepts,
                                            (gh * self.patch_size, gw * self.patch_size))
+
+
+@register_architecture(
+    "flux_teacher", image_size=1024, inference=False,
+    module_type="synth_sod.model_training.flux_teacher.FluxDPTSegmentation",
+    description="FLUX-feature mask teacher; needs FLUX features and concept maps, so no "
+                "s3od predictor runs it (1024 px: the scale of FLUX's generated images)")
+def _build_flux_teacher(*, pretrained: bool = False, encoder_name: str | None = None,
+                        **config: Any) -> nn.Module:
+    model = FluxDPTSegmentation(**config)
+    if pretrained and encoder_name and model.use_dino_features:
+        load_pretrained_dinov3(model.encoder, encoder_name)
+    return model

@@ -2,6 +2,8 @@
 
 A model config names an ``architecture`` and its constructor ``params``; those two are exactly
 what the export writes next to the weights, so the inference side rebuilds the same module.
+Names resolve through the one architecture registry, :mod:`s3od.architectures`; the FLUX teacher
+(training only) registers itself there from :mod:`synth_sod.model_training.flux_teacher`.
 ``pretrained`` only affects the start of training (ImageNet weights for the lite encoder,
 DINOv3 weights from the Hugging Face hub for the ViT encoders) and is never exported.
 """
@@ -15,27 +17,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from s3od.modeling import DPTSegmentation, LiteSegmentation
+import synth_sod.model_training.flux_teacher  # noqa: F401  (registers "flux_teacher")
+from s3od.architectures import get_architecture
+from s3od.modeling.encoders.dinov3 import load_pretrained_dinov3 as load_pretrained_dinov3
 
 log = logging.getLogger(__name__)
-
-TRAIN_ARCHITECTURES = ("lite", "dpt_dinov3", "flux_teacher")
-
-
-def load_pretrained_dinov3(encoder: nn.Module, hub_id: str, **kwargs: Any) -> None:
-    """Copy hub DINOv3 weights (``DINOv3ViTModel.from_pretrained``) into ``encoder``.
-
-    The hub repositories are gated: accept the licence on the model page and log in
-    (``hf auth login``) first. Shapes must match the encoder config exactly.
-    """
-    from transformers import DINOv3ViTModel
-
-    source = DINOv3ViTModel.from_pretrained(hub_id, **kwargs)
-    missing, unexpected = encoder.load_state_dict(source.state_dict(), strict=False)
-    if missing or unexpected:
-        raise RuntimeError(f"DINOv3 weights from {hub_id} do not fit the encoder: "
-                           f"missing {missing[:5]}, unexpected {unexpected[:5]}")
-    log.info("loaded DINOv3 weights from %s", hub_id)
 
 
 def freeze_unused(model: nn.Module) -> nn.Module:
@@ -65,26 +51,10 @@ def build_training_model(cfg: Mapping[str, Any]) -> nn.Module:
 
 
 def _build(cfg: Mapping[str, Any]) -> nn.Module:
-    arch = cfg["architecture"]
-    params = dict(cfg.get("params") or {})
-    pretrained = bool(cfg.get("pretrained", False))
-    if arch == "lite":
-        return LiteSegmentation(**params, pretrained_encoder=pretrained)
-    if arch == "dpt_dinov3":
-        model = DPTSegmentation(**params)
-        if pretrained:
-            if not cfg.get("encoder_name"):
-                raise ValueError("model.pretrained=true needs model.encoder_name (a hub id)")
-            load_pretrained_dinov3(model.encoder, cfg["encoder_name"])
-        return model
-    if arch == "flux_teacher":
-        from synth_sod.model_training.flux_teacher import FluxDPTSegmentation
-
-        model = FluxDPTSegmentation(**params)
-        if pretrained and cfg.get("encoder_name") and model.use_dino_features:
-            load_pretrained_dinov3(model.encoder, cfg["encoder_name"])
-        return model
-    raise ValueError(f"unknown model.architecture {arch!r}; expected one of {TRAIN_ARCHITECTURES}")
+    arch = get_architecture(str(cfg["architecture"]))
+    return arch.build(pretrained=bool(cfg.get("pretrained", False)),
+                      encoder_name=cfg.get("encoder_name") or None,
+                      **dict(cfg.get("params") or {}))
 
 
 def enable_gradient_checkpointing(model: nn.Module) -> bool:
@@ -97,6 +67,7 @@ def enable_gradient_checkpointing(model: nn.Module) -> bool:
 
 
 def count_parameters(model: nn.Module) -> int:
+    """All parameters, trainable or frozen (what the model file holds)."""
     return sum(p.numel() for p in model.parameters())
 
 

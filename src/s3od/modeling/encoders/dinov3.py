@@ -9,6 +9,7 @@ the same checkpoint loads strictly under any transformers release.
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Sequence
 from importlib import resources
 from typing import TYPE_CHECKING, Any
@@ -17,6 +18,8 @@ import torch
 
 if TYPE_CHECKING:  # transformers takes seconds to import; only the ViT models need it
     from transformers import DINOv3ViTConfig, DINOv3ViTModel
+
+log = logging.getLogger(__name__)
 
 _NESTED = "model.layer."
 _FLAT = "layer."
@@ -67,6 +70,22 @@ def build_dinov3(config: DINOv3ViTConfig) -> DINOv3ViTModel:
     model.register_state_dict_post_hook(_save_hook)
     model.register_load_state_dict_pre_hook(_load_hook)
     return model
+
+
+def load_pretrained_dinov3(encoder: torch.nn.Module, hub_id: str, **kwargs: Any) -> None:
+    """Copy hub DINOv3 weights (``DINOv3ViTModel.from_pretrained``) into ``encoder``.
+
+    Used at the start of training. The hub repositories are gated: accept the licence on the
+    model page and log in (``hf auth login``) first. Shapes must match the encoder config.
+    """
+    from transformers import DINOv3ViTModel
+
+    source = DINOv3ViTModel.from_pretrained(hub_id, **kwargs)
+    missing, unexpected = encoder.load_state_dict(source.state_dict(), strict=False)
+    if missing or unexpected:
+        raise RuntimeError(f"DINOv3 weights from {hub_id} do not fit the encoder: "
+                           f"missing {missing[:5]}, unexpected {unexpected[:5]}")
+    log.info("loaded DINOv3 weights from %s", hub_id)
 
 
 def dinov3_features(
