@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+# One MissingDependencyError for the whole package: ``except s3od.errors.MissingDependencyError``
+# also catches a missing evaluation extra. Re-exported here for the evaluation API.
+from s3od.errors import MissingDependencyError as MissingDependencyError
 from s3od.errors import S3ODError
 
 
@@ -26,7 +29,3 @@ class MaskReadError(EvaluationError, ValueError):
 
 class SizeMismatchError(EvaluationError, ValueError):
     """A prediction cannot be mapped onto its ground truth (e.g. transposed or cropped)."""
-
-
-class MissingDependencyError(EvaluationError, ImportError):
-    """An optional dependency of the evaluation extra is not installed."""

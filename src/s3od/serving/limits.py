@@ -12,7 +12,7 @@ from contextlib import asynccontextmanager
 
 import numpy as np
 
-from s3od.errors import ImageTooLargeError, InvalidImageError, UnsupportedFormatError
+from s3od.errors import ImageTooLargeError, InvalidImageError, S3ODError, UnsupportedFormatError
 from s3od.imageio import ACCEPTED_FORMATS, ImageHeader, load_image, read_header
 
 RAW_TYPES = ("application/octet-stream",)
@@ -20,7 +20,7 @@ MULTIPART = "multipart/form-data"
 FILE_FIELDS = ("file", "image")
 
 
-class ApiError(Exception):
+class ApiError(S3ODError):
     """A refusal that becomes a JSON response ``{"error": code, "message": ...}``."""
 
     def __init__(self, status: int, code: str, message: str,

@@ -24,6 +24,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+# DataConfigError lives with synth_sod's other errors; re-exported (train.py, tests import it).
+from synth_sod.errors import DataConfigError as DataConfigError
 from synth_sod.model_training.copy_paste import CopyPasteConfig, composite
 from synth_sod.model_training.transforms import build_transform
 
@@ -35,10 +37,6 @@ MASK_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 # separately.
 LAYOUTS = (("images", "masks"), ("im", "gt"), ("Imgs", "GT"), ("Image", "Mask"),
            ("image", "mask"), ("img", "mask"))
-
-
-class DataConfigError(ValueError):
-    """A dataset path or list in the config is wrong (raised before any model is built)."""
 
 
 # --------------------------------------------------------------------------- sources

@@ -26,6 +26,8 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
+# ConfigError lives with synth_sod's other errors; re-exported for callers of this module.
+from synth_sod.errors import ConfigError as ConfigError
 from synth_sod.model_training.data import (
     DataConfigError,
     build_dataloaders,
@@ -38,10 +40,6 @@ log = logging.getLogger("synth_sod.train")
 
 if not OmegaConf.has_resolver("epochs_after"):
     OmegaConf.register_new_resolver("epochs_after", epochs_after)
-
-
-class ConfigError(ValueError):
-    """The composed config cannot run (raised before any model is built)."""
 
 
 class ProgressPrinter(Callback):
