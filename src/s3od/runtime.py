@@ -27,7 +27,7 @@ from torch import nn
 
 from s3od.errors import MissingDependencyError
 
-log = logging.getLogger("s3od")
+log = logging.getLogger(__name__)
 
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16", "fp16")

@@ -18,7 +18,7 @@ import numpy as np
 from s3od.refine._pymatting import pymatting, quiet_solver
 from s3od.refine.guided import _erode
 
-log = logging.getLogger("s3od")
+log = logging.getLogger(__name__)
 
 #: Trimap values (as in pymatting's convention scaled to uint8).
 BACKGROUND, UNKNOWN, FOREGROUND = 0, 128, 255

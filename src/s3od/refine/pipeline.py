@@ -18,7 +18,7 @@ from s3od.refine.guided import guided_upsample
 from s3od.refine.matting import METHODS, band_width, make_trimap, matte_tiles
 from s3od.refine.upsample import downsample_area, row_bands, upsample_bilinear
 
-log = logging.getLogger("s3od")
+log = logging.getLogger(__name__)
 
 REFINE_MODES = ("none", "guided", "matting")
 

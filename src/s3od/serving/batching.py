@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-log = logging.getLogger("s3od.serving")
+log = logging.getLogger(__name__)
 
 Prediction = tuple[np.ndarray, np.ndarray]
 PredictFn = Callable[[Sequence[np.ndarray]], list[Prediction]]

@@ -30,7 +30,7 @@ import numpy as np
 
 from s3od.errors import InvalidVideoError, MissingDependencyError
 
-log = logging.getLogger("s3od")
+log = logging.getLogger(__name__)
 
 VIDEO_SUFFIXES = {".mp4", ".mov", ".webm", ".mkv", ".avi", ".m4v", ".mpg", ".mpeg", ".wmv"}
 OUTPUT_SUFFIXES = (".webm", ".mov", ".mp4")

@@ -29,7 +29,7 @@ from synth_sod.data_generation.sharding import (
     take_shard,
 )
 
-log = logging.getLogger("synth_sod.data_generation")
+log = logging.getLogger(__name__)
 COLUMNS = ("image", "mask", "caption", "category", "id")
 
 

@@ -37,7 +37,7 @@ from synth_sod.data_generation.sharding import (
     take_shard,
 )
 
-log = logging.getLogger("synth_sod.data_generation")
+log = logging.getLogger(__name__)
 FEATURE_BLOCKS = (4, 16, 27, 36)
 CONCEPT_LAYERS_REAL = tuple(range(18))
 

@@ -43,7 +43,7 @@ from synth_sod.data_generation.sharding import (
     take_shard,
 )
 
-log = logging.getLogger("synth_sod.data_generation")
+log = logging.getLogger(__name__)
 
 
 @dataclass

@@ -41,7 +41,7 @@ from synth_sod.data_generation.sharding import (
 )
 from synth_sod.data_generation.teacher import load_teacher, mask_to_uint8, predict_mask
 
-log = logging.getLogger("synth_sod.data_generation")
+log = logging.getLogger(__name__)
 
 
 @dataclass

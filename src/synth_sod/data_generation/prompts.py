@@ -30,7 +30,7 @@ from synth_sod.data_generation.sharding import (
     take_shard,
 )
 
-log = logging.getLogger("synth_sod.data_generation")
+log = logging.getLogger(__name__)
 CLASSES_FILE = Path(__file__).with_name("imagenet_classes.json")
 
 

@@ -10,7 +10,7 @@ from omegaconf import DictConfig
 
 from synth_sod.model_training.checkpoints import model_from_checkpoint
 
-log = logging.getLogger("synth_sod.train")
+log = logging.getLogger(__name__)
 
 
 def run_test_stage(cfg: DictConfig, checkpoint: str | Path, out_dir: str | Path
