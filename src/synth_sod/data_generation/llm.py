@@ -171,15 +171,34 @@ class OpenAIChatClient:
         raise LLMError(f"{self.model}: gave up after {self.retry.max_attempts} attempts: {last}")
 
 
+def process_device_map() -> dict[str, str] | None:
+    """The whole model on this process's GPU (``cuda:<local rank>`` under torchrun/``srun``),
+    or None (transformers' default, the CPU) without CUDA."""
+    import torch
+
+    from synth_sod.data_generation.devices import rank_device
+
+    if not torch.cuda.is_available():
+        return None
+    device = rank_device("cuda") or "cuda"
+    if device == "cuda":
+        device = f"cuda:{torch.cuda.current_device()}"
+    return {"": device}
+
+
 class TransformersVLMClient:
     """A local image-text-to-text model through transformers, loaded on first use.
 
-    Published: ``google/gemma-3-4b-it`` in bfloat16 with ``device_map="auto"``. Calls are
-    serialised (one GPU model shared by threads).
+    Published: ``google/gemma-3-4b-it`` in bfloat16 with ``device_map="auto"``, which spreads
+    the model over every GPU of the node, in every rank of a multi-GPU run. The default here,
+    ``device_map="process"``, puts it whole on this process's GPU (:func:`process_device_map`);
+    ``"auto"`` is still accepted, and None leaves placement to transformers (CPU). Calls are
+    serialised (one GPU model shared by threads). :func:`make_client` hands out one client per
+    model and process, so the two VLM filters share one copy of the weights.
     """
 
     def __init__(self, model_id: str = "google/gemma-3-4b-it", dtype: str = "bfloat16",
-                 device_map: str | None = "auto") -> None:
+                 device_map: str | dict[str, Any] | None = "process") -> None:
         self.model_id = model_id
         self.dtype = dtype
         self.device_map = device_map
@@ -191,10 +210,11 @@ class TransformersVLMClient:
         import torch
         from transformers import AutoModelForImageTextToText, AutoProcessor
 
+        device_map = process_device_map() if self.device_map == "process" else self.device_map
         try:
             self._processor = AutoProcessor.from_pretrained(self.model_id)
             self._model = AutoModelForImageTextToText.from_pretrained(
-                self.model_id, dtype=getattr(torch, self.dtype), device_map=self.device_map
+                self.model_id, dtype=getattr(torch, self.dtype), device_map=device_map
             ).eval()
         except OSError as err:
             raise LLMError(f"cannot load {self.model_id}: {err}") from err
@@ -222,13 +242,28 @@ class TransformersVLMClient:
             return self._processor.decode(out[0, start:], skip_special_tokens=True)
 
 
+_LOCAL_CLIENTS: dict[str, TransformersVLMClient] = {}
+_LOCAL_CLIENTS_LOCK = threading.Lock()
+
+
+def shared_local_client(model: str) -> TransformersVLMClient:
+    """The one :class:`TransformersVLMClient` of ``model`` in this process (loaded once, on
+    first use): the semantic and the artefact judge both ask Gemma-3-4B, 8 GB in bfloat16."""
+    with _LOCAL_CLIENTS_LOCK:
+        client = _LOCAL_CLIENTS.get(model)
+        if client is None:
+            client = _LOCAL_CLIENTS[model] = TransformersVLMClient(model)
+        return client
+
+
 def make_client(backend: str, model: str, base_url: str | None = None,
                 api_key: str | None = None, retry: RetryPolicy | None = None) -> ChatClient:
-    """``openai`` (any chat-completions server) or ``transformers`` (local VLM)."""
+    """``openai`` (any chat-completions server) or ``transformers`` (local VLM, one per model
+    and process: see :func:`shared_local_client`)."""
     if backend == "openai":
         return OpenAIChatClient(model, base_url=base_url, api_key=api_key, retry=retry)
     if backend == "transformers":
-        return TransformersVLMClient(model)
+        return shared_local_client(model)
     raise PipelineError(f"unknown LLM backend {backend!r}; use 'openai' or 'transformers'")
 
 

@@ -15,12 +15,18 @@ Predictor = Callable[[list[np.ndarray]], list[np.ndarray]]
 
 def student_predictor(model_path: str, image_size: int | None = None,
                       device: str | None = None) -> Predictor:
-    """Best-candidate soft masks ``(H, W)`` from an s3od model (name, hub id or checkpoint)."""
+    """Best-candidate soft masks ``(H, W)`` from an s3od model (name, hub id or checkpoint).
+
+    ``device`` ``"cuda"`` or None means this process's GPU under torchrun/``srun``
+    (:func:`~synth_sod.data_generation.devices.rank_device`), not GPU 0 on every rank.
+    """
     from s3od import BackgroundRemoval
     from s3od.errors import S3ODError
+    from synth_sod.data_generation.devices import rank_device
 
     try:
-        remover = BackgroundRemoval(model_path, image_size=image_size, device=device)
+        remover = BackgroundRemoval(model_path, image_size=image_size,
+                                    device=rank_device(device))
     except (S3ODError, ValueError) as err:
         raise PipelineError(f"cannot load the consistency student {model_path}: {err}") from err
 
