@@ -2,6 +2,10 @@
 
 Hydra composes the packaged ``config/`` (so this runs from any directory); paths and data are
 checked before the model is built; Lightning does the rest (DDP under torchrun or SLURM).
+
+Progress is reported through :mod:`logging` (INFO), one tagged line per event (``[data]``,
+``[model]``, ``[resume]``, ``[train]``, ``[val]``, ``[test]``); Hydra's job logging puts the
+lines on stdout and in the run's ``.log`` file.
 """
 
 from __future__ import annotations
@@ -36,14 +40,15 @@ from synth_sod.model_training.data import (
 )
 from synth_sod.model_training.lightning_module import SegmentationLightningModule, epochs_after
 
-log = logging.getLogger("synth_sod.train")
+log = logging.getLogger(__name__)
 
 if not OmegaConf.has_resolver("epochs_after"):
     OmegaConf.register_new_resolver("epochs_after", epochs_after)
 
 
 class ProgressPrinter(Callback):
-    """Plain log lines (the progress bar is unreadable in a nohup log)."""
+    """One log line every N steps and per validation (a progress bar is unreadable in a nohup
+    log)."""
 
     def __init__(self, every_n_steps: int = 10) -> None:
         self.every = max(1, int(every_n_steps))
@@ -69,11 +74,10 @@ class ProgressPrinter(Callback):
             v = m.get(k)
             return float(v) if v is not None else float("nan")
 
-        print(f"[train] epoch {trainer.current_epoch} step {step} "
-              f"loss {g('train_loss_step'):.4f} best_iou {g('train_best_iou_step'):.3f} "
-              f"iou@0.5 {g('train_iou_step'):.3f} lr {' '.join(f'{x:.2e}' for x in lrs)} "
-              f"{rate:.3f} steps/s {rate * bs:.2f} img/s elapsed {(now - self._t0) / 60:.1f} min",
-              flush=True)
+        log.info("[train] epoch %d step %d loss %.4f best_iou %.3f iou@0.5 %.3f lr %s "
+                 "%.3f steps/s %.2f img/s elapsed %.1f min", trainer.current_epoch, step,
+                 g("train_loss_step"), g("train_best_iou_step"), g("train_iou_step"),
+                 " ".join(f"{x:.2e}" for x in lrs), rate, rate * bs, (now - self._t0) / 60)
         self._last_t, self._last_step = now, step
 
     def on_validation_end(self, trainer, pl_module) -> None:
@@ -82,8 +86,8 @@ class ProgressPrinter(Callback):
         m = trainer.callback_metrics
         keys = ("val_loss", "val_iou", "val_dice", "val_mae", "val_best_iou")
         vals = " ".join(f"{k} {float(m[k]):.4f}" for k in keys if k in m)
-        print(f"[val] epoch {trainer.current_epoch} step {trainer.global_step} {vals} "
-              f"elapsed {(time.time() - self._t0) / 60:.1f} min", flush=True)
+        log.info("[val] epoch %d step %d %s elapsed %.1f min", trainer.current_epoch,
+                 trainer.global_step, vals, (time.time() - self._t0) / 60)
 
 
 def checkpoint_dir(cfg: DictConfig) -> Path:
@@ -191,7 +195,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     pl.seed_everything(seed, workers=True)
 
     splits = resolve_splits(cfg.dataset, seed=seed)  # data errors surface before the model
-    print(f"[data] {splits.describe()}", flush=True)
+    log.info("[data] %s", splits.describe())
     train_set, val_set = build_datasets(cfg.dataset, splits)
     train_loader, val_loader = build_dataloaders(
         cfg.dataset, train_set, val_set, pin_memory=cfg.backend.accelerator != "cpu")
@@ -201,12 +205,12 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         state = initial_state(ckpt_path)
         if cfg.train_stage.get("weights_strict", True):
             module.load_state_dict(state)
-            print(f"[resume] weights from {ckpt_path}; optimizer and epoch restart", flush=True)
+            log.info("[resume] weights from %s; optimizer and epoch restart", ckpt_path)
         else:
             loaded, skipped = load_matching(module, state)
-            print(f"[resume] {loaded} tensors from {ckpt_path} (name and shape match); "
-                  f"{len(skipped)} left at their initialisation"
-                  + (f", e.g. {', '.join(skipped[:3])}" if skipped else ""), flush=True)
+            log.info("[resume] %d tensors from %s (name and shape match); %d left at their "
+                     "initialisation%s", loaded, ckpt_path, len(skipped),
+                     f", e.g. {', '.join(skipped[:3])}" if skipped else "")
         ckpt_path = None
     else:
         module = SegmentationLightningModule(cfg)
@@ -240,8 +244,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     trainer = build_trainer(cfg, callbacks, loggers)
     if trainer.is_global_zero:
         n_params = sum(p.numel() for p in module.model.parameters())
-        print(f"[model] {cfg.model.architecture} {n_params / 1e6:.2f}M parameters; checkpoints "
-              f"in {ckpt_dir}; logs in {log_dir}; resume from {ckpt_path}", flush=True)
+        log.info("[model] %s %.2fM parameters; checkpoints in %s; logs in %s; resume from %s",
+                 cfg.model.architecture, n_params / 1e6, ckpt_dir, log_dir, ckpt_path)
     trainer.fit(module, train_dataloaders=train_loader, val_dataloaders=val_loader,
                 ckpt_path=ckpt_path)
 
@@ -257,7 +261,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         try:
             summary["test"] = run_test_stage(cfg, best, log_dir / str(stage.experiment_name))
         except Exception as err:  # checkpoints are saved; report, do not hide the training
-            print(f"[test] failed: {type(err).__name__}: {err}", file=sys.stderr, flush=True)
+            log.error("[test] failed: %s: %s", type(err).__name__, err)
             summary["test_error"] = str(err)
     return summary
 
