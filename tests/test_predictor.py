@@ -182,7 +182,7 @@ def test_predictor_reproduces_published_end_to_end_results():
     cases = json.loads((REFERENCE_TINY / "predict.json").read_text())
     resolved = ResolvedCheckpoint(load_file(REFERENCE_TINY / "weights.safetensors"), "dpt_dinov3",
                                   tiny_reference_config(), "reference-tiny", "tiny")
-    remover = BackgroundRemoval(image_size=cases["image_size"], device="cpu", _resolved=resolved)
+    remover = BackgroundRemoval(resolved, image_size=cases["image_size"], device="cpu")
     for case in cases["cases"]:
         ref = np.load(REFERENCE_TINY / case["file"])
         result = remover.remove_background(SHARED.parent / case["image"])

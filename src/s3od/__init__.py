@@ -3,7 +3,9 @@
 from typing import TYPE_CHECKING
 
 from s3od.errors import CheckpointError, InvalidImageError, ModelNotFoundError, S3ODError
+from s3od.loading import load_remover
 from s3od.registry import ModelSpec, list_models
+from s3od.remover import Remover
 from s3od.result import RemovalResult
 
 if TYPE_CHECKING:
@@ -42,8 +44,10 @@ __all__ = [
     "ModelSpec",
     "OnnxBackgroundRemoval",
     "RemovalResult",
+    "Remover",
     "S3ODError",
     "__version__",
     "list_models",
     "load_model",
+    "load_remover",
 ]

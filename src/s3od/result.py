@@ -54,6 +54,22 @@ class RemovalResult:
         return compose.crop_to_object(image or self.rgba_image, self.predicted_mask,
                                       self.threshold, margin)
 
+    def render(self, *, mask_only: bool = False,
+               background: compose.Color | str | np.ndarray | Image.Image | None = None,
+               crop: bool = False) -> Image.Image:
+        """The image an output holds, as every front end makes it (CLI, server, bulk).
+
+        The cut-out (RGBA), the soft mask with ``mask_only``, or the object over
+        ``background`` (a colour or an image); ``crop`` then cuts it to the object's box.
+        """
+        if mask_only:
+            image = self.mask_image()
+        elif background is not None:
+            image = self.composite(background)
+        else:
+            image = self.rgba_image
+        return self.crop(image) if crop else image
+
     @property
     def ambiguous(self) -> bool:
         """True when two candidates disagree (IoU < 0.8 at 0.5), as the published demo flags."""

@@ -208,22 +208,15 @@ def _put(fs: pyarrow.fs.FileSystem, path: str, data: bytes) -> None:
 class _RemovalActor:
     """One per Ray actor: holds a loaded model; ``__call__`` handles one batch of rows."""
 
-    def __init__(self, model_ref: list[Any], kind: str, image_size: int | None,
-                 device: str | None, input_filesystems: list[Any], output_filesystem: Any,
-                 output_format: str, render: RenderOptions) -> None:
+    def __init__(self, model_ref: list[Any], image_size: int | None, device: str | None,
+                 input_filesystems: list[Any], output_filesystem: Any, output_format: str,
+                 render: RenderOptions, precision: str = "fp32", compile: bool = False) -> None:
         import ray
 
-        payload = ray.get(model_ref[0])
-        if kind == "onnx":
-            from s3od.export.ort_predictor import OnnxBackgroundRemoval
+        from s3od.loading import load_remover
 
-            self.remover: Any = OnnxBackgroundRemoval(payload, image_size=image_size,
-                                                      device=device)
-        else:
-            from s3od.predictor import BackgroundRemoval
-
-            self.remover = BackgroundRemoval(image_size=image_size, device=device,
-                                             _resolved=payload)
+        self.remover = load_remover(ray.get(model_ref[0]), precision=precision,
+                                    compile=compile, device=device, image_size=image_size)
         self.inputs = input_filesystems
         self.out_fs = output_filesystem
         self.fmt = output_format
@@ -253,15 +246,13 @@ class _RemovalActor:
             errors[i] = err
         if ok:
             try:
-                predictions = self.remover.predict_arrays(rgbs)
+                results = self.remover.remove_arrays(rgbs, self.render.threshold)
             except Exception as err:  # one bad batch must not stop the whole dataset
-                predictions = None
+                results = None
                 for i in ok:
                     errors[i] = f"inference failed: {type(err).__name__}: {err}"
-            if predictions is not None:
-                results = [self.remover._result(rgb, masks, ious, self.render.threshold)
-                           for rgb, (masks, ious) in zip(rgbs, predictions, strict=True)]
-                self._write(batch, ok, results, status, errors)
+            if results is not None:
+                self._write(batch, ok, list(results), status, errors)
         return {"source": np.array(sources, dtype=object),
                 "status": np.array(status, dtype=object),
                 "error": np.array(errors, dtype=object)}
@@ -295,14 +286,8 @@ class _RemovalActor:
             return
         opts = self.render
         for i, result in zip(ok, results, strict=True):
-            if opts.mask_only:
-                image = result.mask_image()
-            elif opts.bg_color is not None:
-                image = result.composite(opts.bg_color)
-            else:
-                image = result.rgba_image
-            if opts.crop:
-                image = result.crop(image)
+            image = result.render(mask_only=opts.mask_only, background=opts.bg_color,
+                                  crop=opts.crop)
             fmt = "WEBP" if self.fmt == "webp" else "PNG"
             # zlib level 1: ~2.4x faster than PIL's default 6, ~12% more bytes (png_encode.py).
             kwargs = {"lossless": True} if fmt == "WEBP" else {"compress_level": 1}
@@ -335,23 +320,6 @@ class _RemovalActor:
         _put(self.out_fs, f"{folder}/part-{uuid.uuid4().hex}.parquet", buf.getvalue())
 
 
-def _model_payload(model: str | os.PathLike | None) -> tuple[str, Any]:
-    """``("onnx", bytes)`` for ``.onnx`` files, else ``("torch", ResolvedCheckpoint)``."""
-    from s3od.export.ort_predictor import is_onnx_model
-
-    if is_onnx_model(model):
-        path = os.path.expanduser(os.fspath(model))  # type: ignore[arg-type]
-        if not os.path.isfile(path):
-            from s3od.errors import ModelNotFoundError
-
-            raise ModelNotFoundError(f"ONNX model not found: {path}")
-        with open(path, "rb") as fh:
-            return "onnx", fh.read()
-    from s3od.hub import resolve
-
-    return "torch", resolve(model)
-
-
 def remove_backgrounds_ray(
     inputs: str | Sequence[str],
     output: str,
@@ -359,6 +327,8 @@ def remove_backgrounds_ray(
     model: str | os.PathLike | None = None,
     image_size: int | None = None,
     device: str | None = None,
+    precision: str = "fp32",
+    compile: bool = False,
     output_format: Literal["png", "webp", "parquet"] = "png",
     render: RenderOptions | None = None,
     resume: bool = True,
@@ -376,10 +346,11 @@ def remove_backgrounds_ray(
         output: folder or object-store prefix. ``png``/``webp`` mirror the input tree
             (``a/b.jpg`` -> ``a/b.png``); ``parquet`` writes ``part-*.parquet`` files with the
             columns in :data:`PARQUET_COLUMNS` (soft mask as PNG bytes, IoU scores).
-        model: as :class:`~s3od.predictor.BackgroundRemoval` takes it, or an ``.onnx`` file
-            (then the actors run ONNX Runtime and never import torch).
+        model: as :func:`s3od.load_remover` takes it; an ``.onnx`` file makes the actors run
+            ONNX Runtime without importing torch.
         device: per actor; ``cuda`` reserves one GPU per actor unless ``gpus_per_actor`` says
             otherwise.
+        precision, compile: per actor, as :func:`s3od.load_remover` takes them.
         render: cut-out options for png/webp (mask only, background colour, crop).
         resume: skip images whose output exists (png/webp: the file; parquet: the key in a part).
             With ``resume=False`` png/webp outputs are overwritten and a parquet folder must not
@@ -432,7 +403,9 @@ def remove_backgrounds_ray(
         summary.seconds = time.perf_counter() - start
         return summary
 
-    kind, payload = _model_payload(model)
+    from s3od.loading import portable_model
+
+    payload = portable_model(model, precision=precision, compile=compile)
     if gpus_per_actor is None:
         gpus_per_actor = 1.0 if device is not None and device.startswith("cuda") else 0.0
     started_here = not ray.is_initialized()
@@ -453,10 +426,10 @@ def remove_backgrounds_ray(
         statuses = dataset.map_batches(
             _RemovalActor,
             fn_constructor_kwargs={
-                "model_ref": [model_ref], "kind": kind, "image_size": image_size,
-                "device": device, "input_filesystems": filesystems,
-                "output_filesystem": out_fs, "output_format": output_format,
-                "render": render,
+                "model_ref": [model_ref], "image_size": image_size, "device": device,
+                "input_filesystems": filesystems, "output_filesystem": out_fs,
+                "output_format": output_format, "render": render, "precision": precision,
+                "compile": compile,
             },
             batch_size=batch_size,
             batch_format="numpy",

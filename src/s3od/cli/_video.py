@@ -1,9 +1,10 @@
-"""The video half of ``s3od remove``: plan outputs, run each video with a progress bar."""
+"""The video half of ``s3od remove``: plan the outputs, then run each video with the
+loaded remover and a progress bar."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.markup import escape
 from rich.progress import (
@@ -18,7 +19,11 @@ from rich.progress import (
 )
 from rich.text import Text
 
+from s3od.cli._shared import Job, Rendering, Summary
 from s3od.cli.app import console, fail
+
+if TYPE_CHECKING:
+    from s3od.remover import Remover
 
 
 class FpsColumn(ProgressColumn):
@@ -37,13 +42,9 @@ def video_target(source: Path, output: Path | None, single: bool, suffix: str) -
     return folder / f"{source.stem}_nobg{suffix}"
 
 
-def remove_videos(sources: list[Path], output: Path | None, *, model: str | None,
-                  device: str | None, image_size: int | None, batch_size: int, refine: Any,
-                  fg_estimate: bool, temporal_smoothing: float, background: Any,
-                  mask_only: bool, audio: bool, skip_existing: bool, crop: bool,
-                  all_masks: bool) -> Any:
-    """Process each video in turn; failures are collected, not raised (except bad options)."""
-    from s3od.cli.remove import Summary
+def plan_videos(sources: list[Path], output: Path | None, rendering: Rendering, *,
+                crop: bool, all_masks: bool) -> list[Job]:
+    """One job per video, after checking what a video output can be (before any loading)."""
     from s3od.errors import MissingDependencyError, S3ODError
 
     if crop or all_masks:
@@ -51,61 +52,60 @@ def remove_videos(sources: list[Path], output: Path | None, *, model: str | None
     if output == Path("-"):
         raise fail("video cannot be written to stdout; give -o file.webm|.mov|.mp4")
     try:
-        from s3od.video import OUTPUT_SUFFIXES, output_format, remove_video_background
+        from s3od.video import OUTPUT_SUFFIXES, output_format
     except MissingDependencyError as err:
         raise fail(str(err)) from None
-    transparent = background is None and not mask_only
-    default_suffix = ".webm" if transparent else ".mp4"
+    default_suffix = ".webm" if rendering.transparent else ".mp4"
     single = len(sources) == 1
-    targets = [video_target(s, output, single, default_suffix) for s in sources]
-    for target in targets:
+    jobs = [Job(s, video_target(s, output, single, default_suffix)) for s in sources]
+    for job in jobs:
         try:
-            fmt = output_format(target)
+            fmt = output_format(job.target)
         except S3ODError:
-            raise fail(f"cannot write {target.name}: video outputs are "
+            raise fail(f"cannot write {job.target.name}: video outputs are "
                        f"{', '.join(OUTPUT_SUFFIXES)}") from None
-        if transparent and fmt.alpha_pix_fmt is None:
-            raise fail(f"{target.suffix} has no alpha channel: write .webm or .mov, or add "
+        if rendering.transparent and fmt.alpha_pix_fmt is None:
+            raise fail(f"{job.target.suffix} has no alpha channel: write .webm or .mov, or add "
                        "--bg-color, --bg-image or --mask-only")
     for source in sources:
         if not source.is_file():
             raise fail(f"input not found: {source}")
+    return jobs
 
-    from s3od import BackgroundRemoval
 
-    try:
-        remover = BackgroundRemoval(model, image_size=image_size, device=device)
-    except (S3ODError, ValueError) as err:
-        raise fail(str(err)) from None
-    console.print(f"[dim]model {remover.model_name} ({remover.source}), "
-                  f"{remover.image_size}px, {remover.device}[/]")
+def run_videos(jobs: list[Job], remover: Remover, rendering: Rendering, *, batch_size: int,
+               refine: Any, fg_estimate: bool, temporal_smoothing: float, audio: bool,
+               skip_existing: bool) -> Summary:
+    """Process each video in turn with the loaded ``remover``; failures are collected."""
+    from s3od.errors import MissingDependencyError, S3ODError
+    from s3od.video import remove_video_background
 
     summary = Summary()
     with Progress(TextColumn("[progress.description]{task.description}"), BarColumn(),
                   MofNCompleteColumn(), FpsColumn(), TimeElapsedColumn(),
                   TextColumn("eta"), TimeRemainingColumn(), console=console) as progress:
-        for source, target in zip(sources, targets, strict=True):
-            if skip_existing and target.exists():
+        for job in jobs:
+            if skip_existing and job.target.exists():
                 summary.skipped += 1
                 continue
-            task = progress.add_task(source.name, total=None)
+            task = progress.add_task(job.source.name, total=None)
 
-            def on_progress(done: int, expected: int | None, task=task) -> None:
+            def on_progress(done: int, expected: int | None, task: Any = task) -> None:
                 progress.update(task, completed=done, total=expected)
 
             try:
                 report = remove_video_background(
-                    remover, source, target, batch_size=batch_size, refine=refine,
+                    remover, job.source, job.target, batch_size=batch_size, refine=refine,
                     fg_estimate=fg_estimate, temporal_smoothing=temporal_smoothing,
-                    background=background, mask_only=mask_only, audio=audio,
-                    on_progress=on_progress)
+                    background=rendering.background, mask_only=rendering.mask_only,
+                    audio=audio, on_progress=on_progress)
             except MissingDependencyError as err:
                 raise fail(str(err)) from None
             except (S3ODError, OSError) as err:
-                summary.failed.append((str(source), escape(str(err))))
+                summary.failed.append((str(job.source), escape(str(err))))
                 continue
             progress.update(task, total=report.frames, completed=report.frames)
-            console.print(f"[dim]{target}: {report.frames} frames, "
+            console.print(f"[dim]{job.target}: {report.frames} frames, "
                           f"{report.frames / max(report.seconds, 1e-9):.1f} fps, "
                           f"audio {report.audio}[/]")
             summary.done += 1

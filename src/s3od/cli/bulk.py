@@ -9,6 +9,7 @@ from pathlib import Path
 
 import typer
 
+from s3od.cli._shared import parse_color_option
 from s3od.cli.app import console, fail
 
 
@@ -32,6 +33,8 @@ def remove_on_ray(
     threshold: float,
     refine: str = "none",
     fg_estimate: bool = False,
+    precision: str = "fp32",
+    compile_model: bool = False,
 ) -> None:
     """Validate the options that make sense on a cluster, run the pipeline, print a summary."""
     from s3od.errors import S3ODError
@@ -46,20 +49,13 @@ def remove_on_ray(
     if all_masks or bg_image is not None or fg_estimate or refine.lower() != "none":
         raise fail("--all-masks, --bg-image, --refine and --fg-estimate are not supported "
                    "with --ray")
-    color = None
-    if bg_color is not None:
-        from s3od.compose import parse_color
-
-        try:
-            color = parse_color(bg_color)
-        except ValueError as err:
-            raise fail(str(err)) from None
+    color = parse_color_option(bg_color)
     try:
         from s3od.bulk.pipeline import RenderOptions, remove_backgrounds_ray
 
         summary = remove_backgrounds_ray(
             inputs, str(output), model=model, image_size=image_size, device=device,
-            output_format=fmt,  # type: ignore[arg-type]
+            precision=precision, compile=compile_model, output_format=fmt,  # type: ignore[arg-type]
             render=RenderOptions(mask_only, color, crop, threshold),
             resume=skip_existing, batch_size=batch_size, num_actors=actors, address=address)
     except (ImportError, S3ODError, ValueError) as err:

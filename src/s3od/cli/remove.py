@@ -1,4 +1,9 @@
-"""``s3od remove`` and ``s3od models``."""
+"""``s3od remove`` and ``s3od models``.
+
+``remove`` runs in three steps: :func:`plan_removal` checks the options and lists the jobs
+without loading anything, :func:`run_removal` loads the model once (:func:`s3od.load_remover`)
+and runs photos, videos or a stdin/stdout stream, and the :class:`Summary` reports.
+"""
 
 from __future__ import annotations
 
@@ -6,32 +11,24 @@ import glob
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 
+from s3od.cli._shared import (
+    IMAGE_SUFFIXES,
+    VIDEO_SUFFIXES,
+    Job,
+    Rendering,
+    Summary,
+    open_remover,
+    parse_color_option,
+)
 from s3od.cli.app import app, console, fail
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".jfif"}
-# Kept in sync with s3od.video.io.VIDEO_SUFFIXES (not imported here: PyAV is optional).
-VIDEO_SUFFIXES = {".mp4", ".mov", ".webm", ".mkv", ".avi", ".m4v", ".mpg", ".mpeg", ".wmv"}
-#: Above this many pixels, candidate masks other than the best stay at network resolution.
-LARGE_IMAGE_PIXELS = 16_000_000
-
-
-@dataclass
-class Job:
-    """One input and where its output goes."""
-
-    source: Path
-    target: Path
-
-
-@dataclass
-class Summary:
-    done: int = 0
-    skipped: int = 0
-    failed: list[tuple[str, str]] = field(default_factory=list)
+if TYPE_CHECKING:
+    from s3od.refine import RefineConfig
+    from s3od.remover import Remover
 
 
 def _expand(inputs: list[str]) -> list[tuple[Path, Path | None]]:
@@ -55,7 +52,8 @@ def _expand(inputs: list[str]) -> list[tuple[Path, Path | None]]:
     return out
 
 
-def _plan(inputs: list[str], output: Path | None, suffix: str) -> list[Job]:
+def _photo_jobs(inputs: list[str], output: Path | None, suffix: str) -> list[Job]:
+    """Where each photo's output goes: ``-o file`` for one file, else mirrored folders."""
     files = _expand(inputs)
     single = len(files) == 1 and len(inputs) == 1 and not Path(inputs[0]).is_dir()
     jobs = []
@@ -73,16 +71,33 @@ def _plan(inputs: list[str], output: Path | None, suffix: str) -> list[Job]:
     return jobs
 
 
-def _render(result, mask_only: bool, bg_color: str | None, bg_image, crop: bool):
-    if mask_only:
-        image = result.mask_image()
-    elif bg_image is not None:
-        image = result.composite(bg_image)
-    elif bg_color is not None:
-        image = result.composite(bg_color)
-    else:
-        image = result.rgba_image
-    return result.crop(image) if crop else image
+@dataclass
+class RemovePlan:
+    """Everything ``s3od remove`` settles before a model is loaded."""
+
+    jobs: list[Job]
+    rendering: Rendering
+    refine: RefineConfig
+    fg_estimate: bool
+    output: Path | None = None
+    videos: bool = False
+    stdin: bool = False
+    stdout: bool = False
+    image_format: str = "PNG"
+    save_kwargs: dict[str, Any] = field(default_factory=dict)
+    all_masks: bool = False
+    batch_size: int = 4
+    threshold: float = 0.5
+    skip_existing: bool = False
+    temporal_smoothing: float = 0.0
+    audio: bool = True
+
+    @property
+    def removal_options(self) -> dict[str, Any]:
+        """Keyword options of :meth:`s3od.remover.Remover.remove_arrays` for photos: every
+        candidate at full size with ``--all-masks``, else the predictor's memory policy."""
+        return {"refine": self.refine, "fg_estimate": self.fg_estimate,
+                "full_size_candidates": True if self.all_masks else None}
 
 
 @app.command()
@@ -91,7 +106,8 @@ def remove(
     output: Path = typer.Option(None, "-o", "--output",
                                 help="Output file (one input) or folder; '-' for stdout."),
     model: str = typer.Option(None, "--model", "-m",
-                              help="Registry name, hub id or checkpoint path (see `s3od models`)."),
+                              help="Registry name, hub id, checkpoint path or .onnx file "
+                                   "(see `s3od models`)."),
     device: str = typer.Option(None, help="cpu, cuda, cuda:1, mps (default: best available)."),
     image_size: int = typer.Option(None, help="Network input size (default: the model's)."),
     mask_only: bool = typer.Option(False, "--mask-only", help="Write the soft mask (greyscale)."),
@@ -147,121 +163,102 @@ def remove(
             image_size=image_size, mask_only=mask_only, bg_color=bg_color, bg_image=bg_image,
             crop=crop, fmt=fmt, all_masks=all_masks, batch_size=batch_size,
             skip_existing=skip_existing, threshold=threshold, refine=refine,
-            fg_estimate=bool(fg_estimate))
-    from s3od.errors import S3ODError
-    from s3od.imageio import encode_image, load_image, save_image_atomic
+            fg_estimate=bool(fg_estimate), precision=precision, compile_model=compile_model)
+    plan = plan_removal(
+        inputs, output, mask_only=mask_only, bg_color=bg_color, bg_image=bg_image, crop=crop,
+        fmt=fmt, png_compression=png_compression, all_masks=all_masks, batch_size=batch_size,
+        skip_existing=skip_existing, threshold=threshold, refine=refine,
+        fg_estimate=fg_estimate, matting_budget=matting_budget,
+        temporal_smoothing=temporal_smoothing, audio=audio)
+    remover = open_remover(model, device=device, image_size=image_size, precision=precision,
+                           compile=compile_model)
+    summary = run_removal(plan, remover)
+    if summary is None:  # a stdin/stdout stream: the bytes are the report
+        return
+    summary.report(len(plan.jobs))
+    if summary.failed:
+        raise typer.Exit(1)
+
+
+def plan_removal(inputs: list[str], output: Path | None, *, mask_only: bool,
+                 bg_color: str | None, bg_image: Path | None, crop: bool, fmt: str,
+                 png_compression: int, all_masks: bool, batch_size: int, skip_existing: bool,
+                 threshold: float, refine: str, fg_estimate: bool | None,
+                 matting_budget: float, temporal_smoothing: float, audio: bool) -> RemovePlan:
+    """Check the options and list the jobs; every refusal happens here, before any loading."""
     from s3od.refine import RefineConfig
 
     fmt = fmt.lower()
     if fmt not in ("png", "webp"):
         raise fail(f"--format must be png or webp, got {fmt!r}")
-    color = None
-    if bg_color is not None:
-        from s3od.compose import parse_color
-
-        try:
-            color = parse_color(bg_color)
-        except ValueError as err:
-            raise fail(str(err)) from None
-    background = None
-    if bg_image is not None:
-        try:
-            from PIL import Image
-
-            background = Image.fromarray(load_image(bg_image))
-        except S3ODError as err:
-            raise fail(f"--bg-image: {err}") from None
-    save_kwargs: dict[str, Any] = ({"lossless": True} if fmt == "webp"
-                                   else {"compress_level": png_compression})
-    out_fmt = "WEBP" if fmt == "webp" else "PNG"
+    rendering = Rendering(mask_only, _background(bg_color, bg_image), crop)
     try:
         config = RefineConfig(mode=refine.lower(), time_budget_s=matting_budget)
     except ValueError as err:
         raise fail(str(err)) from None
-    transparent = not mask_only and bg_color is None and bg_image is None
     videos = [item for item in inputs if Path(item).suffix.lower() in VIDEO_SUFFIXES]
     if fg_estimate is None:
-        fg_estimate = transparent and not videos and _has_pymatting()
+        fg_estimate = rendering.transparent and not videos and _has_pymatting()
     if (fg_estimate or config.mode == "matting") and not _has_pymatting():
         raise fail("--fg-estimate and --refine matting need pymatting: "
                    "pip install 's3od\\[edges]'")
-
+    plan = RemovePlan(
+        [], rendering, config, fg_estimate, output=output, videos=bool(videos),
+        image_format="WEBP" if fmt == "webp" else "PNG",
+        save_kwargs={"lossless": True} if fmt == "webp" else {"compress_level": png_compression},
+        all_masks=all_masks, batch_size=batch_size, threshold=threshold,
+        skip_existing=skip_existing, temporal_smoothing=temporal_smoothing, audio=audio)
     if videos:
         if len(videos) != len(inputs):
             raise fail("videos and images cannot be mixed in one call; run them separately")
-        from s3od.cli._video import remove_videos
+        from s3od.cli._video import plan_videos
 
-        bg = color if color is not None else background
-        summary = remove_videos(
-            [Path(v) for v in videos], output, model=model, device=device,
-            image_size=image_size, batch_size=batch_size, refine=config,
-            fg_estimate=fg_estimate, temporal_smoothing=temporal_smoothing, background=bg,
-            mask_only=mask_only, audio=audio, skip_existing=skip_existing, crop=crop,
-            all_masks=all_masks)
-        _report(summary, len(videos))
-        if summary.failed:
-            raise typer.Exit(1)
-        return
-
-    def choose(arrays: list) -> object:
-        """Post-processing for a batch: the published path unless an edge option is set or
-        a photo is so large that full-size candidate masks would waste memory."""
-        from s3od.refine import postprocess
-
-        large = any(a.shape[0] * a.shape[1] > LARGE_IMAGE_PIXELS for a in arrays)
-        return postprocess(config, fg_estimate, full_size_candidates=all_masks or not large)
-
-    stdin_mode = inputs == ["-"]
-    if not stdin_mode and "-" in inputs:
+        plan.jobs = plan_videos([Path(v) for v in videos], output, rendering,
+                                crop=crop, all_masks=all_masks)
+        return plan
+    plan.stdin = inputs == ["-"]
+    if not plan.stdin and "-" in inputs:
         raise fail("'-' (stdin) cannot be combined with other inputs")
-    jobs = [] if stdin_mode else _plan(inputs, None if output == Path("-") else output, f".{fmt}")
-    if not stdin_mode and not jobs:
-        raise fail("no images found in the given inputs")
+    plan.stdout = output == Path("-") or (plan.stdin and output is None)
+    if not plan.stdin:
+        plan.jobs = _photo_jobs(inputs, None if output == Path("-") else output, f".{fmt}")
+        if not plan.jobs:
+            raise fail("no images found in the given inputs")
+        if plan.stdout and len(plan.jobs) != 1:
+            raise fail("'-o -' (stdout) needs exactly one input")
+    return plan
 
-    from s3od.export.ort_predictor import load_remover
+
+def _background(bg_color: str | None, bg_image: Path | None) -> Any:
+    """``--bg-color`` or ``--bg-image`` as what :meth:`RemovalResult.render` composites over."""
+    if bg_color is not None and bg_image is not None:
+        raise fail("give --bg-color or --bg-image, not both")
+    if bg_image is None:
+        return parse_color_option(bg_color)
+    from PIL import Image
+
+    from s3od.errors import S3ODError
+    from s3od.imageio import load_image
 
     try:
-        remover = load_remover(model, image_size=image_size, device=device,  # *.onnx: ORT
-                               precision=precision, compile=compile_model)
-    except (S3ODError, ValueError, ImportError) as err:
-        raise fail(str(err)) from None
-    runtime = getattr(remover, "runtime", None)
-    console.print(f"[dim]model {remover.model_name} ({remover.source}), "
-                  f"{remover.image_size}px, {remover.device}"
-                  f"{', ' + runtime.describe() if runtime else ''}[/]")
+        return Image.fromarray(load_image(bg_image))
+    except S3ODError as err:
+        raise fail(f"--bg-image: {err}") from None
 
-    if stdin_mode:
-        data = sys.stdin.buffer.read()
-        try:
-            result = _remove_one(remover, data, threshold, choose)
-        except S3ODError as err:
-            raise fail(f"stdin: {err}", 1) from None
-        image = _render(result, mask_only, bg_color, background, crop)
-        payload = encode_image(image, out_fmt, **save_kwargs)
-        if output is None or output == Path("-"):
-            sys.stdout.buffer.write(payload)
-            sys.stdout.buffer.flush()
-        else:
-            save_image_atomic(image, output, format=out_fmt, **save_kwargs)
-        return
 
-    if output == Path("-"):
-        if len(jobs) != 1:
-            raise fail("'-o -' (stdout) needs exactly one input")
-        try:
-            result = _remove_one(remover, jobs[0].source, threshold, choose)
-        except S3ODError as err:
-            raise fail(f"{jobs[0].source}: {err}", 1) from None
-        image = _render(result, mask_only, bg_color, background, crop)
-        sys.stdout.buffer.write(encode_image(image, out_fmt, **save_kwargs))
-        return
+def run_removal(plan: RemovePlan, remover: Remover) -> Summary | None:
+    """Run a plan with a loaded remover; ``None`` for a stdin/stdout stream."""
+    if plan.videos:
+        from s3od.cli._video import run_videos
 
-    summary = _run_jobs(remover, jobs, batch_size, threshold, skip_existing, all_masks,
-                        lambda r: _render(r, mask_only, bg_color, background, crop),
-                        out_fmt, save_kwargs, choose)
-    _report(summary, len(jobs))
-    if summary.failed:
-        raise typer.Exit(1)
+        return run_videos(plan.jobs, remover, plan.rendering, batch_size=plan.batch_size,
+                          refine=plan.refine, fg_estimate=plan.fg_estimate,
+                          temporal_smoothing=plan.temporal_smoothing, audio=plan.audio,
+                          skip_existing=plan.skip_existing)
+    if plan.stdin or plan.stdout:
+        _run_stream(plan, remover)
+        return None
+    return _run_jobs(plan, remover)
 
 
 def _has_pymatting() -> bool:
@@ -270,16 +267,26 @@ def _has_pymatting() -> bool:
     return importlib.util.find_spec("pymatting") is not None
 
 
-def _remove_one(remover, source, threshold: float, choose):
-    """One image through the same post-processing choice as the batch path."""
-    from s3od.imageio import load_image
+def _run_stream(plan: RemovePlan, remover: Remover) -> None:
+    """One image from stdin or a file, to stdout or a file."""
+    from s3od.errors import S3ODError
+    from s3od.imageio import encode_image, save_image_atomic
 
-    rgb = load_image(source)
-    return next(remover._flush([rgb], threshold, choose([rgb])))
+    source: Any = sys.stdin.buffer.read() if plan.stdin else plan.jobs[0].source
+    try:
+        result = remover.remove_background(source, plan.threshold, **plan.removal_options)
+    except S3ODError as err:
+        raise fail(f"{'stdin' if plan.stdin else source}: {err}", 1) from None
+    image = plan.rendering(result)
+    if plan.stdout:
+        sys.stdout.buffer.write(encode_image(image, plan.image_format, **plan.save_kwargs))
+        sys.stdout.buffer.flush()
+    else:
+        save_image_atomic(image, plan.output, format=plan.image_format, **plan.save_kwargs)
 
 
-def _run_jobs(remover, jobs, batch_size, threshold, skip_existing, all_masks, render, out_fmt,
-              save_kwargs, choose=lambda arrays: None) -> Summary:
+def _run_jobs(plan: RemovePlan, remover: Remover) -> Summary:
+    """Photos in batches of ``plan.batch_size``; a bad file or batch is recorded, not fatal."""
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
@@ -291,34 +298,34 @@ def _run_jobs(remover, jobs, batch_size, threshold, skip_existing, all_masks, re
 
     from s3od.errors import S3ODError
     from s3od.imageio import load_image, save_image_atomic
-    from s3od.result import RemovalResult
 
     summary = Summary()
     todo = []
-    for job in jobs:
-        if skip_existing and job.target.exists():
+    for job in plan.jobs:
+        if plan.skip_existing and job.target.exists():
             summary.skipped += 1
         else:
             todo.append(job)
 
-    def save(job, result):
-        save_image_atomic(render(result), job.target, format=out_fmt, **save_kwargs)
-        if all_masks:
+    def save(job: Job, result: Any) -> None:
+        save_image_atomic(plan.rendering(result), job.target, format=plan.image_format,
+                          **plan.save_kwargs)
+        if plan.all_masks:
             from s3od.compose import mask_image
 
             for i, (mask, iou) in enumerate(zip(result.all_masks, result.all_ious, strict=True)):
                 name = f"{job.target.stem}.mask{i}_iou{iou:.3f}.png"
                 save_image_atomic(mask_image(mask), job.target.with_name(name), format="PNG",
-                                  compress_level=save_kwargs.get("compress_level", 1))
+                                  compress_level=plan.save_kwargs.get("compress_level", 1))
         summary.done += 1
 
     with Progress(TextColumn("[progress.description]{task.description}"), BarColumn(),
                   MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn(),
                   console=console, disable=len(todo) < 2) as progress:
         task = progress.add_task("removing backgrounds", total=len(todo))
-        for start in range(0, len(todo), batch_size):
+        for start in range(0, len(todo), plan.batch_size):
             chunk, arrays = [], []
-            for job in todo[start:start + batch_size]:
+            for job in todo[start:start + plan.batch_size]:
                 try:
                     arrays.append(load_image(job.source))
                     chunk.append(job)
@@ -327,32 +334,21 @@ def _run_jobs(remover, jobs, batch_size, threshold, skip_existing, all_masks, re
                     progress.advance(task)
             if not chunk:
                 continue
-            post = choose(arrays)
             try:
-                predictions = (remover.predict_arrays(arrays) if post is None else
-                               remover.predict_arrays(arrays,
-                                                      full_resolution=not post.needs_low_res))
+                results = remover.remove_arrays(arrays, plan.threshold, **plan.removal_options)
             except Exception as err:  # one bad batch must not lose the rest of the run
                 for job in chunk:
                     summary.failed.append((str(job.source), f"inference failed: {err}"))
                 progress.advance(task, len(chunk))
                 continue
-            for job, rgb, (masks, ious) in zip(chunk, arrays, predictions, strict=True):
+            for job, result in zip(chunk, results, strict=True):
                 try:
-                    save(job, remover._result(rgb, masks, ious, threshold) if post is None else
-                         RemovalResult(**post.finish(rgb, masks, ious), threshold=threshold))
+                    save(job, result)
                 except OSError as err:
                     summary.failed.append((str(job.source), f"cannot write {job.target}: {err}"))
                 progress.advance(task)
     return summary
 
-
-def _report(summary: Summary, total: int) -> None:
-    console.print(f"[green]done {summary.done}[/], skipped {summary.skipped}, "
-                  f"[{'red' if summary.failed else 'green'}]failed {len(summary.failed)}[/] "
-                  f"of {total}")
-    for source, reason in summary.failed:
-        console.print(f"  [red]x[/] {source}: {reason}")
 
 
 @app.command()

@@ -50,7 +50,7 @@ def serve(
     try:
         import uvicorn
 
-        from s3od.serving.app import create_app, load_remover
+        from s3od.serving.app import create_app, remover_for
         from s3od.serving.settings import ServerSettings
     except ImportError as err:
         raise _missing_extra("server", err) from None
@@ -69,12 +69,10 @@ def serve(
     except ValidationError as err:
         raise fail(f"invalid setting: {err}") from None
     try:
-        remover = load_remover(settings)
-    except (S3ODError, ValueError) as err:
+        remover = remover_for(settings)
+    except (S3ODError, ValueError, ImportError) as err:
         raise fail(str(err)) from None
-    console.print(f"[dim]model {remover.model_name} ({remover.source}), {remover.image_size}px, "
-                  f"{remover.device}, {remover.runtime.describe()}; "
-                  f"max batch {settings.max_batch}; "
+    console.print(f"[dim]{remover.describe()}; max batch {settings.max_batch}; "
                   f"auth {'on' if settings.api_key else 'off'}[/]")
     uvicorn.run(create_app(settings, remover), host=host, port=port, log_level=log_level,
                 workers=1)

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from s3od.export.exporter import ExportReport, OnnxExportError, export_onnx, verify_onnx
-    from s3od.export.ort_predictor import OnnxBackgroundRemoval, load_remover
+    from s3od.export.ort_predictor import OnnxBackgroundRemoval
 
 _LAZY = {
     "ExportReport": "s3od.export.exporter",
@@ -18,7 +18,6 @@ _LAZY = {
     "export_onnx": "s3od.export.exporter",
     "verify_onnx": "s3od.export.exporter",
     "OnnxBackgroundRemoval": "s3od.export.ort_predictor",
-    "load_remover": "s3od.export.ort_predictor",
 }
 
 
@@ -35,6 +34,5 @@ __all__ = [
     "OnnxBackgroundRemoval",
     "OnnxExportError",
     "export_onnx",
-    "load_remover",
     "verify_onnx",
 ]

@@ -1,7 +1,8 @@
 """Background removal on ONNX Runtime, without PyTorch.
 
-:class:`OnnxBackgroundRemoval` mirrors :class:`s3od.predictor.BackgroundRemoval` (same methods,
-same :class:`~s3od.result.RemovalResult`) on a file written by :func:`s3od.export.export_onnx`.
+:class:`OnnxBackgroundRemoval` is the ONNX Runtime backend of :class:`s3od.remover.Remover` (the
+same methods and :class:`~s3od.result.RemovalResult` as :class:`s3od.predictor.BackgroundRemoval`)
+on a file written by :func:`s3od.export.export_onnx`.
 Pre- and post-processing are the numpy twins in :mod:`s3od.transforms`, so the pixels the
 network sees are bit-identical to the torch path. This module never imports torch: it is what
 a slim deployment (``pip install s3od[onnx]`` plus onnxruntime, no GPU build of torch) runs.
@@ -10,15 +11,14 @@ a slim deployment (``pip install s3od[onnx]`` plus onnxruntime, no GPU build of 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from s3od.errors import CheckpointError, ModelNotFoundError
-from s3od.imageio import ImageInput, load_image
-from s3od.result import RemovalResult
+from s3od.remover import Remover
 from s3od.transforms import (
     crop_padding,
     preprocess_arrays,
@@ -28,8 +28,6 @@ from s3od.transforms import (
 
 if TYPE_CHECKING:
     import onnxruntime
-
-    from s3od.refine import Postprocess, RefineConfig
 
 INPUT_NAME = "images"
 OUTPUT_NAMES = ("pred_masks", "pred_iou")
@@ -70,8 +68,9 @@ def sigmoid(x: np.ndarray) -> np.ndarray:
     return (np.float32(0.5) * (np.tanh(np.float32(0.5) * x) + np.float32(1.0))).astype(np.float32)
 
 
-class OnnxBackgroundRemoval:
-    """Salient-object cut-outs with ONNX Runtime.
+class OnnxBackgroundRemoval(Remover):
+    """Salient-object cut-outs with ONNX Runtime (the removal methods come from
+    :class:`s3od.remover.Remover`).
 
     Args:
         model: path of an ``.onnx`` file from ``s3od export-onnx``, or its bytes (e.g. from an
@@ -85,6 +84,8 @@ class OnnxBackgroundRemoval:
         >>> remover = OnnxBackgroundRemoval("s3od-lite.onnx")  # doctest: +SKIP
         >>> remover.remove_background("cat.jpg").rgba_image.save("cat.png")  # doctest: +SKIP
     """
+
+    backend = "onnx"
 
     def __init__(self, model: str | os.PathLike | bytes, image_size: int | None = None,
                  device: str | None = None, threads: int | None = None) -> None:
@@ -146,93 +147,6 @@ class OnnxBackgroundRemoval:
                     for i, box in enumerate(boxes)]
         return [(unletterbox_array(probs[i], box), scores[i]) for i, box in enumerate(boxes)]
 
-    def _result(self, rgb: np.ndarray, masks: np.ndarray, ious: np.ndarray,
-                threshold: float) -> RemovalResult:
-        return RemovalResult.from_candidates(rgb, masks, ious, threshold)
-
-    def remove_background(self, image: ImageInput, threshold: float = 0.5, *,
-                          refine: str | RefineConfig = "none", fg_estimate: bool = False,
-                          full_size_candidates: bool = True) -> RemovalResult:
-        """Cut out the salient object of one image (PIL, numpy, path or bytes).
-
-        The keyword options are those of :meth:`BackgroundRemoval.remove_background`.
-        """
-        rgb = load_image(image)
-        return next(self._flush([rgb], threshold,
-                                _postprocess(refine, fg_estimate, full_size_candidates)))
-
-    def iter_remove_backgrounds(self, images: Iterable[ImageInput], batch_size: int = 4,
-                                threshold: float = 0.5, *, refine: str | RefineConfig = "none",
-                                fg_estimate: bool = False, full_size_candidates: bool = True
-                                ) -> Iterator[RemovalResult]:
-        """Lazily process a stream of images, one ONNX Runtime call per ``batch_size`` images."""
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        post = _postprocess(refine, fg_estimate, full_size_candidates)
-        pending: list[np.ndarray] = []
-        for image in images:
-            pending.append(load_image(image))
-            if len(pending) == batch_size:
-                yield from self._flush(pending, threshold, post)
-                pending = []
-        if pending:
-            yield from self._flush(pending, threshold, post)
-
-    def _flush(self, rgbs: list[np.ndarray], threshold: float,
-               post: Postprocess | None = None) -> Iterator[RemovalResult]:
-        if post is None:
-            for rgb, (masks, ious) in zip(rgbs, self.predict_arrays(rgbs), strict=True):
-                yield self._result(rgb, masks, ious, threshold)
-            return
-        predictions = self.predict_arrays(rgbs, full_resolution=not post.needs_low_res)
-        for rgb, (masks, ious) in zip(rgbs, predictions, strict=True):
-            yield RemovalResult(**post.finish(rgb, masks, ious), threshold=threshold)
-
-    def remove_backgrounds(self, images: Iterable[ImageInput], batch_size: int = 4,
-                           threshold: float = 0.5, *, refine: str | RefineConfig = "none",
-                           fg_estimate: bool = False, full_size_candidates: bool = True
-                           ) -> list[RemovalResult]:
-        """Process many images, one ONNX Runtime call per batch."""
-        return list(self.iter_remove_backgrounds(
-            images, batch_size, threshold, refine=refine, fg_estimate=fg_estimate,
-            full_size_candidates=full_size_candidates))
-
     def __repr__(self) -> str:
         return (f"OnnxBackgroundRemoval(model={self.model_name!r}, "
                 f"image_size={self.image_size}, device='{self.device}')")
-
-
-def _postprocess(refine: str | RefineConfig, fg_estimate: bool,
-                 full_size_candidates: bool) -> Postprocess | None:
-    """``None`` (the published path) unless an edge or memory option is set."""
-    if isinstance(refine, str) and refine == "none" and not fg_estimate and full_size_candidates:
-        return None
-    from s3od.refine import postprocess
-
-    return postprocess(refine, fg_estimate, full_size_candidates)
-
-
-def is_onnx_model(model: object) -> bool:
-    """True for a path (or name) ending in ``.onnx``."""
-    return isinstance(model, (str, os.PathLike)) and os.fspath(model).lower().endswith(".onnx")
-
-
-def load_remover(model: str | os.PathLike | None = None, image_size: int | None = None,
-                 device: str | None = None, *, precision: str = "fp32",
-                 compile: bool = False) -> Any:
-    """The right predictor for ``model``: ONNX Runtime for ``*.onnx`` files, PyTorch otherwise.
-
-    Both expose ``predict_arrays``, ``remove_background(s)`` and return ``RemovalResult``; torch
-    is imported only for the PyTorch case. ``precision`` and ``compile`` are PyTorch options
-    (see :class:`~s3od.predictor.BackgroundRemoval`); an ONNX file runs as it was exported, so
-    only ``fp32``/``auto`` are accepted for it.
-    """
-    if is_onnx_model(model):
-        if precision not in ("fp32", "auto") or compile:
-            raise ValueError("--precision bf16/fp16 and --compile apply to PyTorch models; "
-                             "an ONNX model runs as it was exported")
-        return OnnxBackgroundRemoval(model, image_size=image_size, device=device)  # type: ignore[arg-type]
-    from s3od.predictor import BackgroundRemoval
-
-    return BackgroundRemoval(model, image_size=image_size, device=device, precision=precision,
-                             compile=compile)

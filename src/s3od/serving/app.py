@@ -40,7 +40,8 @@ from s3od.serving.settings import ServerSettings
 if TYPE_CHECKING:
     import numpy as np
 
-    from s3od.predictor import BackgroundRemoval, RemovalResult
+    from s3od.remover import Remover
+    from s3od.result import RemovalResult
 
 log = logging.getLogger("s3od.serving")
 T = TypeVar("T")
@@ -95,23 +96,19 @@ class MasksResponse(BaseModel):
     masks: list[MaskCandidate]
 
 
-def _runtime(remover: Any) -> str | None:
-    """How the model runs (precision, memory format), when the predictor can say."""
-    runtime = getattr(remover, "runtime", None)
-    return runtime.describe() if runtime is not None else None
+def _runtime(remover: Remover) -> str | None:
+    """How the model runs (precision, memory format), when the backend has such options."""
+    return remover.runtime.describe() if remover.runtime is not None else None
 
 
-def load_remover(settings: ServerSettings) -> BackgroundRemoval:
-    """The one model the server uses (errors propagate: the CLI reports them)."""
-    import torch
+def remover_for(settings: ServerSettings) -> Remover:
+    """The one model the server uses, through :func:`s3od.load_remover` (an ``.onnx`` file
+    runs on ONNX Runtime); errors propagate: the CLI reports them."""
+    from s3od.loading import load_remover
 
-    from s3od.predictor import BackgroundRemoval
-
-    if settings.threads:
-        torch.set_num_threads(settings.threads)
-    return BackgroundRemoval(settings.model, image_size=settings.image_size,
-                             device=settings.device, precision=settings.precision,
-                             compile=settings.compile)
+    return load_remover(settings.model, precision=settings.precision, compile=settings.compile,
+                        device=settings.device, image_size=settings.image_size,
+                        threads=settings.threads)
 
 
 def _error_response(status: int, code: str, message: str,
@@ -142,7 +139,7 @@ def _only_known_params(*names: str) -> Callable[[Request], None]:
 
 
 def create_app(settings: ServerSettings | None = None,
-               remover: BackgroundRemoval | None = None) -> FastAPI:
+               remover: Remover | None = None) -> FastAPI:
     """Build the service. ``remover`` injects an already-built predictor (tests, embedding).
 
     Example:
@@ -150,7 +147,7 @@ def create_app(settings: ServerSettings | None = None,
         >>> uvicorn.run(app, host="127.0.0.1", port=8000)  # doctest: +SKIP
     """
     settings = settings or ServerSettings.from_env()
-    remover = remover if remover is not None else load_remover(settings)
+    remover = remover if remover is not None else remover_for(settings)
     batcher = MicroBatcher(remover.predict_arrays, settings.max_batch,
                            settings.batch_window_ms / 1000.0)
     gate = Gate(settings.max_concurrency, settings.max_queue)
@@ -236,7 +233,7 @@ def create_app(settings: ServerSettings | None = None,
         rgb = await off_loop(decode_checked, data, settings.max_pixels)
         del data
         masks, ious = await batcher.submit(rgb)
-        return remover._result(rgb, masks, ious, threshold)
+        return remover.result(rgb, masks, ious, threshold)
 
     @app.get("/healthz", tags=["service"])
     async def healthz() -> dict[str, Any]:
@@ -368,14 +365,7 @@ async def _multipart_file(request: Request, body: bytes) -> bytes:
 def _render(result: RemovalResult, mask_only: bool, color: compose.Color | None, crop: bool,
             fmt: str) -> bytes:
     """The CLI's output choices, encoded for the wire."""
-    if mask_only:
-        image = result.mask_image()
-    elif color is not None:
-        image = result.composite(color)
-    else:
-        image = result.rgba_image
-    if crop:
-        image = result.crop(image)
+    image = result.render(mask_only=mask_only, background=color, crop=crop)
     if fmt == "webp":
         return encode_image(image, "WEBP", **WEBP_FAST)
     return encode_image(image, "PNG", **PNG_FAST)

@@ -1,0 +1,109 @@
+"""One door to a remover: :func:`load_remover` picks the backend and builds it.
+
+The CLI (photos and videos), the HTTP server, the Gradio demo and the Ray pipeline all load
+their model here, so a model file, a precision or ``compile`` means the same everywhere.
+Torch is imported only when the PyTorch backend is chosen.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING, cast
+
+if TYPE_CHECKING:
+    from s3od.hub import ResolvedCheckpoint
+    from s3od.remover import Remover
+
+BACKENDS = ("auto", "torch", "onnx")
+#: Precisions an ONNX file accepts: it runs as it was exported (``auto`` means "as is").
+ONNX_PRECISIONS = ("fp32", "auto")
+
+def is_onnx_model(model: object) -> bool:
+    """True for a path (or name) ending in ``.onnx``."""
+    return isinstance(model, (str, os.PathLike)) and os.fspath(model).lower().endswith(".onnx")
+
+
+def _backend_for(model: object, backend: str, precision: str, compile: bool) -> str:
+    """The backend that will run ``model``, after checking it can honour the options."""
+    choice = backend.lower()
+    if choice not in BACKENDS:
+        raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    if choice == "auto":
+        onnx = is_onnx_model(model) or isinstance(model, (bytes, bytearray))
+        choice = "onnx" if onnx else "torch"
+    if choice == "onnx":
+        if precision not in ONNX_PRECISIONS or compile:
+            raise ValueError("--precision bf16/fp16 and --compile apply to PyTorch models; "
+                             "an ONNX model runs as it was exported")
+        if not isinstance(model, (str, os.PathLike, bytes, bytearray)):
+            raise ValueError("the onnx backend needs an .onnx file (or its bytes)")
+    elif isinstance(model, (bytes, bytearray)):
+        raise ValueError("model bytes are an ONNX file; the torch backend needs a checkpoint")
+    return choice
+
+
+def load_remover(
+    model: str | os.PathLike | bytes | ResolvedCheckpoint | None = None,
+    *,
+    backend: str = "auto",
+    precision: str = "fp32",
+    compile: bool = False,
+    device: str | None = None,
+    image_size: int | None = None,
+    threads: int | None = None,
+) -> Remover:
+    """The remover for ``model``, on the backend that can run it.
+
+    Args:
+        model: registry name, hub id, checkpoint file or folder (PyTorch); an ``.onnx`` file
+            or its bytes (ONNX Runtime); a :class:`~s3od.hub.ResolvedCheckpoint` already in
+            memory (see :func:`portable_model`). ``None`` is the default model.
+        backend: ``"auto"`` (ONNX Runtime for ONNX files and bytes, PyTorch otherwise),
+            ``"torch"`` or ``"onnx"``.
+        precision: ``fp32``, ``bf16``, ``fp16`` or ``auto`` (PyTorch, see
+            :class:`~s3od.predictor.BackgroundRemoval`); an ONNX file runs as it was exported,
+            so it takes only ``fp32`` and ``auto``.
+        compile: ``torch.compile`` the model (PyTorch only).
+        device: ``cpu``, ``cuda``, ``cuda:N`` (both backends) or ``mps`` (PyTorch); ``None``
+            picks the best available for PyTorch and the CPU for ONNX Runtime.
+        image_size: network input side; ``None`` uses the model's own.
+        threads: CPU threads: the ONNX Runtime session's, or PyTorch's (process-wide).
+
+    Raises:
+        ValueError: options the chosen backend cannot honour.
+        s3od.ModelNotFoundError, s3od.CheckpointError: as the backend raises them.
+    """
+    if _backend_for(model, backend, precision, compile) == "onnx":
+        from s3od.export.ort_predictor import OnnxBackgroundRemoval
+
+        return OnnxBackgroundRemoval(cast("str | os.PathLike | bytes", model),
+                                     image_size=image_size, device=device, threads=threads)
+    from s3od.predictor import BackgroundRemoval
+
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    return BackgroundRemoval(model, image_size=image_size, device=device, precision=precision,
+                             compile=compile)
+
+
+def portable_model(model: str | os.PathLike | None, *, backend: str = "auto",
+                   precision: str = "fp32", compile: bool = False) -> bytes | ResolvedCheckpoint:
+    """``model`` resolved once into something picklable that :func:`load_remover` takes.
+
+    For workers that have neither the file nor access to the model hub (Ray actors): an ONNX
+    file becomes its bytes, anything else the resolved PyTorch weights. The options are
+    checked here as :func:`load_remover` would, so a bad one fails before any worker starts.
+    """
+    if _backend_for(model, backend, precision, compile) == "onnx":
+        path = os.path.expanduser(os.fspath(cast("str | os.PathLike", model)))
+        if not os.path.isfile(path):
+            from s3od.errors import ModelNotFoundError
+
+            raise ModelNotFoundError(f"ONNX model not found: {path}")
+        with open(path, "rb") as fh:
+            return fh.read()
+    from s3od.hub import resolve
+
+    return resolve(model)
