@@ -234,3 +234,52 @@ def test_cli_video(tiny_lite_checkpoint, clip, tmp_path, one_thread):
     assert _streams(tmp_path / "bg.mp4")[:2] == ("h264", None)
     result = runner.invoke(app, [*args, str(SAMPLES / "cat.jpg")])
     assert result.exit_code == 2 and "cannot be mixed" in result.output
+
+
+def test_cli_video_loads_its_model_like_photos(tiny_lite_checkpoint, clip, tmp_path,
+                                               tmp_path_factory, one_thread, monkeypatch):
+    """Videos go through s3od.load_remover: --precision and --compile reach the model, and an
+    .onnx file runs on ONNX Runtime (videos used to build an fp32 PyTorch model regardless)."""
+    import s3od.runtime
+    import s3od.video
+    from s3od.cli import app
+
+    used = []
+    real = s3od.video.remove_video_background
+
+    def spy(remover, *args, **kwargs):
+        used.append(remover)
+        return real(remover, *args, **kwargs)
+
+    monkeypatch.setattr(s3od.video, "remove_video_background", spy)
+    runner = CliRunner()
+    args = ["remove", str(clip), "--device", "cpu", "--no-audio", "--batch-size", "8"]
+    out = tmp_path / "bf16.webm"
+    result = runner.invoke(app, [*args, "-m", str(tiny_lite_checkpoint), "--image-size", "64",
+                                 "--precision", "bf16", "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    assert used[-1].runtime.precision == "bf16" and len(_decode_rgba(out)) == 24
+
+    with monkeypatch.context() as m:  # no compiler: --compile must fail, so it was honoured
+        m.setattr(s3od.runtime.shutil, "which", lambda name: None)
+        result = runner.invoke(app, [*args, "-m", str(tiny_lite_checkpoint), "--image-size",
+                                     "64", "--compile", "-o", str(tmp_path / "c.webm")])
+    assert result.exit_code == 2 and "C++ compiler" in " ".join(result.output.split())
+
+    pytest.importorskip("onnxruntime", reason="needs the [onnx] extra")
+    from s3od.export import OnnxBackgroundRemoval
+    from tests.onnx_tiny import calibrated_lite_checkpoint, exported_lite
+
+    onnx_path, code, output = exported_lite(
+        tmp_path_factory.mktemp("onnx"), calibrated_lite_checkpoint(tmp_path_factory.mktemp("ck")))
+    assert code == 0, output
+    out = tmp_path / "onnx.webm"
+    result = runner.invoke(app, [*args, "-m", str(onnx_path), "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    assert isinstance(used[-1], OnnxBackgroundRemoval)
+    alphas = [frame[..., 3] for frame in _decode_rgba(out)]
+    assert len(alphas) == 24 and max(int(a.max()) - int(a.min()) for a in alphas) > 64
+    result = runner.invoke(app, [*args, "-m", str(onnx_path), "--precision", "fp16",
+                                 "-o", str(tmp_path / "bad.webm")])
+    assert result.exit_code == 2
+    assert "ONNX model runs as it was exported" in " ".join(result.output.split())
