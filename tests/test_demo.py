@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -152,3 +154,30 @@ def test_downloads_stay_in_the_demo_folder_whatever_the_session_hash(tiny_remove
     _, other, _ = _render_fn(blocks)(Prediction(handmade_result(), "tiny"), 1, "white", None,
                                      SimpleNamespace(session_hash="someone-else"))
     assert os.path.dirname(other["value"]) != os.path.dirname(cut["value"])
+
+
+DEMO_DIR = Path(__file__).resolve().parents[1] / "demo"
+
+
+def test_demo_requirements_install_this_checkout_with_the_demo_extra(tmp_path):
+    """The seed's ``cd demo; pip install -r requirements.txt`` resolves to this package with
+    Gradio (pip's own resolver, dry run, nothing installed or downloaded)."""
+    pytest.importorskip("setuptools", reason="the editable build needs setuptools")
+    report = tmp_path / "report.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--dry-run", "--no-deps", "--no-index",
+         "--no-build-isolation", "--quiet", "--report", str(report), "-r", "requirements.txt"],
+        cwd=DEMO_DIR, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    [item] = json.loads(report.read_text())["install"]
+    assert item["metadata"]["name"] == "s3od" and item["requested_extras"] == ["demo"]
+    assert Path(item["download_info"]["url"].removeprefix("file://")) == DEMO_DIR.parent
+    demo_requires = [r for r in item["metadata"]["requires_dist"] if "extra == \"demo\"" in r]
+    assert any(r.startswith("gradio") for r in demo_requires), demo_requires
+
+
+def test_demo_app_script_starts_from_its_folder():
+    proc = subprocess.run([sys.executable, "app.py", "--help"], cwd=DEMO_DIR,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "--model" in proc.stdout and "--port" in proc.stdout

@@ -27,7 +27,8 @@ import numpy as np
 from s3od import compose
 
 if TYPE_CHECKING:
-    from s3od.predictor import BackgroundRemoval, RemovalResult
+    from s3od.remover import Remover
+    from s3od.result import RemovalResult
 
 VIEWS = ("transparent", "white", "green", "custom colour", "mask")
 _VIEW_COLORS: dict[str, compose.Color] = {"white": (255, 255, 255), "green": (0, 177, 64)}
@@ -59,17 +60,17 @@ class Prediction:
 class ModelPool:
     """Loads registry models on first use and keeps the last few (each can be 100s of MB)."""
 
-    def __init__(self, loader: Callable[[str], BackgroundRemoval],
-                 initial: BackgroundRemoval | None = None, initial_name: str | None = None,
+    def __init__(self, loader: Callable[[str], Remover],
+                 initial: Remover | None = None, initial_name: str | None = None,
                  keep: int = _KEEP_MODELS) -> None:
         self._loader = loader
         self._keep = max(1, keep)
-        self._models: OrderedDict[str, BackgroundRemoval] = OrderedDict()
+        self._models: OrderedDict[str, Remover] = OrderedDict()
         self._lock = threading.Lock()
         if initial is not None:
             self._models[initial_name or initial.model_name] = initial
 
-    def get(self, name: str) -> BackgroundRemoval:
+    def get(self, name: str) -> Remover:
         with self._lock:
             if name in self._models:
                 self._models.move_to_end(name)
@@ -139,9 +140,9 @@ def session_folder(root: str | os.PathLike, session_hash: object, key: bytes) ->
 
 
 def build_demo(
-    remover: BackgroundRemoval | None = None,
+    remover: Remover | None = None,
     *,
-    loader: Callable[[str], BackgroundRemoval] | None = None,
+    loader: Callable[[str], Remover] | None = None,
     examples: Sequence[str | os.PathLike] = (),
     model_names: Sequence[str] | None = None,
     initial_name: str | None = None,
@@ -151,23 +152,24 @@ def build_demo(
     Args:
         remover: the model shown first.
         loader: builds a predictor for a name picked in the model selector; defaults to
-            ``BackgroundRemoval(name)`` with the first model's device.
+            :func:`s3od.load_remover` with the first model's device.
         examples: image paths offered as one-click examples.
         model_names: selector choices; defaults to every registered model.
         initial_name: the selector's label for ``remover`` (default: its ``model_name``).
     """
     from s3od.errors import S3ODError
     from s3od.imageio import load_image
-    from s3od.predictor import BackgroundRemoval
+    from s3od.loading import load_remover
     from s3od.registry import list_models
     from s3od.serving.limits import ApiError, probe_image
 
     if remover is None:
-        remover = BackgroundRemoval()
-    device = remover.device
+        remover = load_remover()
+    # Registry models run on PyTorch; an ONNX first model's device is a provider name.
+    device = str(remover.device) if remover.backend == "torch" else None
     if loader is None:
-        def loader(name: str) -> BackgroundRemoval:
-            return BackgroundRemoval(name, device=device)
+        def loader(name: str) -> Remover:
+            return load_remover(name, device=device)
 
     first = initial_name or remover.model_name
     names = list(model_names) if model_names is not None else [s.name for s in list_models()]
@@ -268,9 +270,9 @@ def launch_demo(model: str | None = None, *, host: str = "127.0.0.1", port: int 
                 examples: Sequence[str | os.PathLike] | None = None,
                 block: bool = True) -> gr.Blocks:
     """Load ``model`` once and serve the demo on ``host:port`` (no analytics are sent)."""
-    from s3od.predictor import BackgroundRemoval
+    from s3od.loading import load_remover
 
-    remover = BackgroundRemoval(model, image_size=image_size, device=device)
+    remover = load_remover(model, image_size=image_size, device=device)
     demo = build_demo(remover, examples=examples if examples is not None else _sample_images(),
                       initial_name=None if model is None else remover.model_name)
     demo.queue(default_concurrency_limit=1).launch(
