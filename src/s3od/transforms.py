@@ -15,12 +15,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 
 if TYPE_CHECKING:
     import torch
+
+#: A torch tensor or a numpy array: the helpers that only slice work on both.
+ArrayT = TypeVar("ArrayT", "torch.Tensor", np.ndarray)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -131,9 +134,9 @@ def resize_uint8_linear(image: torch.Tensor, height: int, width: int) -> torch.T
     rows = image.index_select(1, x0).to(torch.int32).mul_(a0[None, :, None])
     rows.add_(image.index_select(1, x1).to(torch.int32).mul_(a1[None, :, None]))
     rows.bitwise_right_shift_(4)
-    b0, b1 = tensor(b0)[:, None, None], tensor(b1)[:, None, None]
-    out = rows.index_select(0, tensor(y0)).mul_(b0).bitwise_right_shift_(16)
-    out.add_(rows.index_select(0, tensor(y1)).mul_(b1).bitwise_right_shift_(16))
+    wb0, wb1 = tensor(b0)[:, None, None], tensor(b1)[:, None, None]
+    out = rows.index_select(0, tensor(y0)).mul_(wb0).bitwise_right_shift_(16)
+    out.add_(rows.index_select(0, tensor(y1)).mul_(wb1).bitwise_right_shift_(16))
     return out.add_(2).bitwise_right_shift_(2).clamp_(0, 255).to(torch.uint8)
 
 
@@ -205,7 +208,7 @@ def preprocess_arrays(
     return normalize_array(np.stack(padded)), list(boxes)
 
 
-def crop_padding(probs: torch.Tensor, box: Letterbox) -> torch.Tensor:
+def crop_padding(probs: ArrayT, box: Letterbox) -> ArrayT:
     """``(..., S', S')`` network output -> the image's part of it, still at network resolution.
 
     Works on numpy arrays as well (shape and slicing only). Callers that upsample the mask

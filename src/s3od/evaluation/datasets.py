@@ -13,6 +13,7 @@ Files are paired by stem (``0001.jpg`` <-> ``0001.png``); files without a partne
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -139,7 +140,7 @@ def has_images(folder: Path) -> bool:
         return False
 
 
-def find_sets(root: str | Path, names: Iterable[str] | None = None,
+def find_sets(root: str | os.PathLike[str], names: Iterable[str] | None = None,
               max_depth: int = 2) -> list[EvalSet]:
     """All sets under ``root`` (``root`` itself may be one), optionally only those ``names``.
 
@@ -208,7 +209,7 @@ def select_sets(sets: list[EvalSet], names: Iterable[str]) -> list[EvalSet]:
     return chosen
 
 
-def resolve_gt(path: str | Path, names: Iterable[str] | None = None) -> list[EvalSet]:
+def resolve_gt(path: str | os.PathLike[str], names: Iterable[str] | None = None) -> list[EvalSet]:
     """Ground truth given on the command line: a mask folder, one set, or a root of sets."""
     path = Path(path)
     if not path.is_dir():
@@ -260,10 +261,10 @@ def _mask_array(img: Image.Image) -> np.ndarray:
             arr = (arr.clip(0, 65535) * 255 + 32767) // 65535
         return arr.clip(0, 255).astype(np.uint8)
     if mode == "F":
-        arr = np.nan_to_num(np.asarray(img, dtype=np.float64))
-        if arr.max() <= 1.0:
-            arr = arr * 255.0
-        return np.clip(np.rint(arr), 0, 255).astype(np.uint8)
+        floats = np.nan_to_num(np.asarray(img, dtype=np.float64))
+        if floats.max() <= 1.0:
+            floats = floats * 255.0
+        return np.clip(np.rint(floats), 0, 255).astype(np.uint8)
     if mode == "P":
         img = img.convert("RGBA" if "transparency" in img.info else "RGB")
     elif mode in ("LA", "La", "PA", "RGBa"):

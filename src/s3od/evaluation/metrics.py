@@ -203,17 +203,17 @@ class SODMetrics:
         e_curve = np.asarray(em["curve"], dtype=np.float64)
         out.update(
             MAE=self._mae.get_results()["mae"],
-            maxF=f_curve.max(),
-            meanF=f_curve.mean(),
+            maxF=float(f_curve.max()),
+            meanF=float(f_curve.mean()),
             adpF=fm["fm"]["adaptive"],
             wF=self._wfm.get_results()["wfm"],
             Sm=self._sm.get_results()["sm"],
-            maxEm=e_curve.max(),
-            meanEm=e_curve.mean(),
+            maxEm=float(e_curve.max()),
+            meanEm=float(e_curve.mean()),
             adpEm=em["adp"],
             IoU=fm["iou"]["binary"],
             Dice=fm["dice"]["binary"],
-            BIoU=np.mean(self._biou),
+            BIoU=float(np.mean(self._biou)),
         )
         if self._hce is not None:
             out["HCE"] = self._hce.get_results()["hce"]

@@ -237,6 +237,8 @@ def export_onnx(
                 opset_version=opset, input_names=[INPUT_NAME], output_names=list(OUTPUT_NAMES),
                 dynamic_shapes={INPUT_NAME: {0: torch.export.Dim.DYNAMIC}},
                 external_data=False, verbose=False)
+            if program is None:  # the legacy (non-dynamo) exporter returns None; not used here
+                raise OnnxExportError("torch.onnx.export returned no program")
             program.save(str(tmp), external_data=False)
         _write_metadata(tmp, opset, {
             "name": name, "architecture": architecture, "image_size": size,

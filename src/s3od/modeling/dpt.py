@@ -73,6 +73,12 @@ class Scratch(nn.Module):
     is what makes ``mask_stride=2`` cheap (every later layer runs on a quarter of the pixels).
     """
 
+    # Registered with setattr below (their names are the published state-dict keys).
+    refinenet1: FeatureFusionBlock
+    refinenet2: FeatureFusionBlock
+    refinenet3: FeatureFusionBlock
+    refinenet4: FeatureFusionBlock
+
     def __init__(self, in_channels: Sequence[int], features: int, use_bn: bool = True,
                  final_upsample: bool = True) -> None:
         super().__init__()

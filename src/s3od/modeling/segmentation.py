@@ -15,7 +15,12 @@ import torch
 from torch import nn
 
 from s3od.modeling.dpt import DPTHead
-from s3od.modeling.encoders.dinov3 import build_dinov3, dinov3_features, load_dinov3_config
+from s3od.modeling.encoders.dinov3 import (
+    build_dinov3,
+    dinov3_features,
+    load_dinov3_config,
+    patch_size_of,
+)
 from s3od.modeling.encoders.efficientnet_lite import (
     EfficientNetLite0Features,
     load_imagenet_weights,
@@ -48,7 +53,7 @@ class DPTSegmentation(nn.Module):
         if layer_indices is None:
             layer_indices = DEFAULT_LAYER_INDICES.get(config.num_hidden_layers, (2, 5, 8, 11))
         self.layer_indices = tuple(int(i) for i in layer_indices)
-        self.patch_size = int(config.patch_size)
+        self.patch_size = patch_size_of(config)
         self.num_masks = num_masks
         self.seg_head = DPTHead(
             config.hidden_size, features=features, out_channels=out_channels,

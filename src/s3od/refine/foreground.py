@@ -23,7 +23,7 @@ def soft_tiles(alpha: np.ndarray, tile: int) -> list[tuple[slice, slice]]:
     cells = []
     for y in range(0, h, tile):
         band = alpha[y:y + tile]
-        cols = ((band > 0) & (band < 255)).any(axis=0)
+        cols = np.asarray(((band > 0) & (band < 255)).any(axis=0))
         for x in range(0, w, tile):
             if cols[x:x + tile].any():
                 cells.append((slice(y, min(h, y + tile)), slice(x, min(w, x + tile))))

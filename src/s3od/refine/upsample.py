@@ -52,10 +52,12 @@ class BilinearUpsampler:
             raise ValueError(f"expected a map of shape {self.low_shape}, got {low.shape[:2]}")
         low = low.astype(np.float32, copy=False)
         extra = (None,) * (low.ndim - 2)
-        wy = self.wy[rows][(slice(None), None, *extra)]
+        column = (slice(None), None, *extra)  # a named tuple index: x[*a] needs Python 3.11
+        wy = self.wy[rows][column]
         top, bottom = low[self.y0[rows]], low[self.y1[rows]]
         vert = top + (bottom - top) * wy
-        wx = self.wx[(None, slice(None), *extra)]
+        row = (None, slice(None), *extra)
+        wx = self.wx[row]
         left, right = vert[:, self.x0], vert[:, self.x1]
         return left + (right - left) * wx
 

@@ -303,7 +303,7 @@ class VideoWriter:
                 self._container.mux(packet)
             self.frames += 1
             if self._audio is not None:
-                self._audio.pump(self.frames / self.fps)
+                self._audio.pump(float(self.frames / self.fps))
         except av.FFmpegError as err:
             raise InvalidVideoError(f"cannot encode {self.path.name}: {err}") from err
 
@@ -320,6 +320,7 @@ class VideoWriter:
                 self.audio_status = self._audio.status
             self._container.close()
             self._container = None
+            assert self._tmp is not None  # set by __enter__
             os.chmod(self._tmp, _file_mode())     # mkstemp makes 0600; outputs follow umask
             os.replace(self._tmp, self.path)
         except av.FFmpegError as err:

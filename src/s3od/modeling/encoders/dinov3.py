@@ -61,6 +61,17 @@ def _load_hook(module: torch.nn.Module, state_dict: dict, prefix: str, *_args: A
         _rename(state_dict, prefix + _NESTED, prefix + _FLAT)
 
 
+def patch_size_of(config: DINOv3ViTConfig) -> int:
+    """The square patch side; the config type also allows (h, w) pairs, which nothing here
+    supports."""
+    size = config.patch_size
+    if isinstance(size, int):
+        return size
+    if len(set(size)) == 1:
+        return int(size[0])
+    raise ValueError(f"DINOv3 config with non-square patches {size} is not supported")
+
+
 def build_dinov3(config: DINOv3ViTConfig) -> DINOv3ViTModel:
     """A randomly initialised DINOv3 ViT whose state-dict naming is version independent."""
     from transformers import DINOv3ViTModel
@@ -98,8 +109,9 @@ def dinov3_features(
     """
     out = model(pixel_values, output_hidden_states=True)
     cfg = model.config
+    patch = patch_size_of(cfg)
     b = pixel_values.shape[0]
-    gh, gw = pixel_values.shape[-2] // cfg.patch_size, pixel_values.shape[-1] // cfg.patch_size
+    gh, gw = pixel_values.shape[-2] // patch, pixel_values.shape[-1] // patch
     skip = 1 + cfg.num_register_tokens
     return [
         out.hidden_states[i][:, skip:].transpose(1, 2).reshape(b, cfg.hidden_size, gh, gw)
