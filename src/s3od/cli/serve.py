@@ -14,7 +14,8 @@ def _missing_extra(extra: str, err: ImportError) -> typer.Exit:
 @app.command()
 def serve(
     model: str = typer.Option(None, "--model", "-m",
-                              help="Registry name, hub id or checkpoint path (see `s3od models`)."),
+                              help="Registry name, hub id, checkpoint path or .onnx file (see "
+                                   "`s3od models`)."),
     host: str = typer.Option("127.0.0.1", help="Interface to bind; 0.0.0.0 exposes the server."),
     port: int = typer.Option(8000, min=0, max=65535, help="TCP port."),
     device: str = typer.Option(None, help="cpu, cuda, cuda:1, mps (default: best available)."),
@@ -33,7 +34,11 @@ def serve(
     max_pixels: int = typer.Option(None, min=1,
                                    help="Largest width*height, checked before decoding. [4096²]"),
     request_timeout: float = typer.Option(None, min=0.001,
-                                          help="Seconds per request before a 504. [60]"),
+                                          help="Seconds per request, from arrival, before a "
+                                               "504. [60]"),
+    upload_timeout: float = typer.Option(None, min=0.001,
+                                         help="Seconds to receive the body before a 408; a "
+                                              "slow upload holds no inference slot. [20]"),
     max_concurrency: int = typer.Option(None, min=1, help="Requests processed at once. [4]"),
     max_queue: int = typer.Option(None, min=0, help="Requests waiting; beyond -> 503. [64]"),
     api_key: str = typer.Option(None, envvar="S3OD_API_KEY", show_envvar=True,
@@ -64,7 +69,8 @@ def serve(
             precision=precision, compile=compile_model, max_batch=max_batch,
             batch_window_ms=batch_window_ms,
             max_upload_bytes=max_upload_bytes, max_pixels=max_pixels,
-            request_timeout_s=request_timeout, max_concurrency=max_concurrency,
+            request_timeout_s=request_timeout, upload_timeout_s=upload_timeout,
+            max_concurrency=max_concurrency,
             max_queue=max_queue, api_key=api_key, cors_origins=tuple(cors_origin or ()) or None)
     except ValidationError as err:
         raise fail(f"invalid setting: {err}") from None

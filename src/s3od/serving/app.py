@@ -1,8 +1,9 @@
 """The HTTP service: ``create_app(settings)`` builds a FastAPI app around one loaded model.
 
 Data flow per request: auth -> admission (:class:`~s3od.serving.limits.Gate`) -> content type
--> bounded body read -> header probe -> decode (thread) -> :class:`MicroBatcher` (inference
-thread) -> render + encode (thread) -> bytes or JSON. Every refusal is an
+-> bounded body read (own timeout, no slot held) -> a slot -> header probe -> decode (thread) ->
+:class:`MicroBatcher` (inference thread) -> result, render + encode (thread) -> bytes or JSON.
+One deadline covers all of it from the request's arrival. Every refusal is an
 :class:`~s3od.serving.limits.ApiError` rendered as ``{"error": code, "message": text}``.
 """
 
@@ -22,6 +23,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from s3od import compose
 from s3od.imageio import encode_image
@@ -219,21 +221,39 @@ def create_app(settings: ServerSettings | None = None,
                            "missing or wrong API key (send 'Authorization: Bearer KEY' or "
                            "'X-API-Key: KEY')", {"WWW-Authenticate": "Bearer"})
 
-    async def guarded(work: Callable[[], Awaitable[T]]) -> T:
-        """Admission control plus the whole-request deadline."""
-        async with gate.enter():
+    async def receive(request: Request) -> bytes:
+        """The upload, within its own timeout; a slow client holds no inference slot."""
+        try:
+            return await asyncio.wait_for(_image_bytes(request, settings.max_upload_bytes),
+                                          settings.upload_timeout_s)
+        except asyncio.TimeoutError:
+            raise ApiError(408, "upload_timeout", f"the upload took longer than "
+                           f"{settings.upload_timeout_s:g} s") from None
+        except ClientDisconnect:  # the client went away: nothing to answer, nothing to alarm
+            log.info("client disconnected during the upload (%s)", _peer(request))
+            raise ApiError(499, "client_closed_request",
+                           "the client closed the connection during the upload") from None
+
+    async def guarded(request: Request, work: Callable[[bytes], Awaitable[T]]) -> T:
+        """Admission, upload, a slot, the work: one deadline from the request's arrival."""
+        async with gate.admit():
+            async def whole() -> T:
+                data = await receive(request)
+                async with gate.slot():
+                    return await work(data)
+
             try:
-                return await asyncio.wait_for(work(), settings.request_timeout_s)
+                return await asyncio.wait_for(whole(), settings.request_timeout_s)
             except asyncio.TimeoutError:
                 raise ApiError(504, "timeout", f"request took longer than "
                                f"{settings.request_timeout_s:g} s") from None
 
-    async def predict(request: Request, threshold: float) -> RemovalResult:
-        data = await _image_bytes(request, settings.max_upload_bytes)
+    async def predict(data: bytes, threshold: float) -> RemovalResult:
         rgb = await off_loop(decode_checked, data, settings.max_pixels)
         del data
         masks, ious = await batcher.submit(rgb)
-        return remover.result(rgb, masks, ious, threshold)
+        # compositing a full-size cut-out is pixel work: never on the event loop
+        return await off_loop(remover.result, rgb, masks, ious, threshold)
 
     @app.get("/healthz", tags=["service"])
     async def healthz() -> dict[str, Any]:
@@ -290,17 +310,13 @@ def create_app(settings: ServerSettings | None = None,
             except ValueError as err:
                 raise ApiError(422, "invalid_option", f"bg_color: {err}") from None
 
-        async def work() -> Response:
-            result = await predict(request, threshold)
-            payload = await off_loop(_render, result, mask_only, color, crop, format)
-            return Response(payload, media_type=f"image/{format}", headers={
-                "X-S3OD-Model": remover.model_name,
-                "X-S3OD-IoU": f"{float(result.all_ious[result.best_index]):.4f}",
-                "X-S3OD-Best-Index": str(result.best_index),
-                "X-S3OD-Ambiguous": str(result.ambiguous).lower(),
-            })
+        async def work(data: bytes) -> Response:
+            result = await predict(data, threshold)
+            payload, headers = await off_loop(_render, result, mask_only, color, crop, format)
+            return Response(payload, media_type=f"image/{format}",
+                            headers={"X-S3OD-Model": remover.model_name, **headers})
 
-        return await guarded(work)
+        return await guarded(request, work)
 
     @app.post(
         "/v1/masks", tags=["inference"], response_model=MasksResponse,
@@ -309,11 +325,11 @@ def create_app(settings: ServerSettings | None = None,
     async def masks(request: Request) -> MasksResponse:
         """Every candidate mask (8-bit PNG, base64) with its predicted IoU."""
 
-        async def work() -> MasksResponse:
-            result = await predict(request, 0.5)
+        async def work(data: bytes) -> MasksResponse:
+            result = await predict(data, 0.5)
             return await off_loop(_masks_body, result, remover.model_name)
 
-        return await guarded(work)
+        return await guarded(request, work)
 
     return app
 
@@ -344,10 +360,11 @@ async def _multipart_file(request: Request, body: bytes) -> bytes:
         raise ApiError(400, "bad_multipart", f"cannot parse multipart body: "
                        f"{getattr(err, 'detail', err)}") from None
     try:
-        for name in FILE_FIELDS:
-            part = form.get(name)
-            if part is None:
-                continue
+        parts = [(name, part) for name, part in form.multi_items() if name in FILE_FIELDS]
+        if len(parts) > 1:
+            raise ApiError(400, "bad_multipart", f"multipart body has {len(parts)} image parts "
+                           f"({', '.join(repr(n) for n, _ in parts)}); send exactly one 'file'")
+        for name, part in parts:
             if isinstance(part, str):
                 raise ApiError(400, "bad_multipart", f"field {name!r} must be a file upload, "
                                "not text")
@@ -363,12 +380,19 @@ async def _multipart_file(request: Request, body: bytes) -> bytes:
 
 
 def _render(result: RemovalResult, mask_only: bool, color: compose.Color | None, crop: bool,
-            fmt: str) -> bytes:
-    """The CLI's output choices, encoded for the wire."""
+            fmt: str) -> tuple[bytes, dict[str, str]]:
+    """The CLI's output choices, encoded for the wire, and the result's headers (the ambiguity
+    check compares full-size masks, so it runs here, off the event loop)."""
     image = result.render(mask_only=mask_only, background=color, crop=crop)
     if fmt == "webp":
-        return encode_image(image, "WEBP", **WEBP_FAST)
-    return encode_image(image, "PNG", **PNG_FAST)
+        payload = encode_image(image, "WEBP", **WEBP_FAST)
+    else:
+        payload = encode_image(image, "PNG", **PNG_FAST)
+    return payload, {
+        "X-S3OD-IoU": f"{float(result.all_ious[result.best_index]):.4f}",
+        "X-S3OD-Best-Index": str(result.best_index),
+        "X-S3OD-Ambiguous": str(result.ambiguous).lower(),
+    }
 
 
 def _masks_body(result: RemovalResult, model: str) -> MasksResponse:
@@ -384,6 +408,11 @@ def _masks_body(result: RemovalResult, model: str) -> MasksResponse:
 
 def _png(mask: np.ndarray) -> bytes:
     return encode_image(compose.mask_image(mask), "PNG", **PNG_FAST)
+
+
+def _peer(request: Request) -> str:
+    client = request.client
+    return f"{client.host}:{client.port}" if client else "unknown peer"
 
 
 def _version() -> str:

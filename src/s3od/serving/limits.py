@@ -115,6 +115,8 @@ class Gate:
     """At most ``slots`` requests work at once and ``queue`` wait; the rest get a 503 at once.
 
     Refusing early keeps memory bounded: each admitted request may hold an upload in memory.
+    :meth:`admit` counts a request from its arrival (its upload is read while admitted, without
+    a slot); :meth:`slot` is the part that decodes and infers.
     """
 
     def __init__(self, slots: int, queue: int) -> None:
@@ -124,17 +126,27 @@ class Gate:
 
     @property
     def admitted(self) -> int:
-        """Requests working or waiting right now."""
+        """Requests uploading, working or waiting right now."""
         return self._admitted
 
     @asynccontextmanager
-    async def enter(self) -> AsyncIterator[None]:
+    async def admit(self) -> AsyncIterator[None]:
         if self._admitted >= self._limit:
             raise ApiError(503, "busy", "server is at its concurrency limit; retry shortly",
                            {"Retry-After": "1"})
         self._admitted += 1
         try:
-            async with self._semaphore:
-                yield
+            yield
         finally:
             self._admitted -= 1
+
+    @asynccontextmanager
+    async def slot(self) -> AsyncIterator[None]:
+        async with self._semaphore:
+            yield
+
+    @asynccontextmanager
+    async def enter(self) -> AsyncIterator[None]:
+        """Admission and a slot at once."""
+        async with self.admit(), self.slot():
+            yield

@@ -35,7 +35,10 @@ class ServerSettings(BaseModel):
     max_upload_bytes: int = Field(20 * 1024 * 1024, ge=1, description="Request body cap.")
     max_pixels: int = Field(4096 * 4096, ge=1,
                             description="Width x height cap, read from the header before decode.")
-    request_timeout_s: float = Field(60.0, gt=0, description="Whole-request budget -> 504.")
+    request_timeout_s: float = Field(60.0, gt=0, description="Whole-request budget, from "
+                                     "arrival (upload, queue, work) -> 504.")
+    upload_timeout_s: float = Field(20.0, gt=0, description="Budget to receive the body -> 408; "
+                                    "no inference slot is held meanwhile.")
     max_concurrency: int = Field(4, ge=1, description="Requests decoding/inferring at once.")
     max_queue: int = Field(64, ge=0, description="Requests waiting for a slot; more -> 503.")
 
