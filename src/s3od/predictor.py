@@ -17,7 +17,7 @@ from s3od.result import RemovalResult
 from s3od.runtime import autocast, prepare_model, to_memory_format
 from s3od.transforms import crop_padding, preprocess, unletterbox, validate_image_size
 
-log = logging.getLogger("s3od")
+log = logging.getLogger(__name__)
 
 
 def _default_device() -> torch.device:

@@ -38,7 +38,7 @@ from s3od.errors import S3ODError
 if TYPE_CHECKING:
     import pyarrow.fs
 
-log = logging.getLogger("s3od")
+log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".jfif"}
 OUTPUT_FORMATS = ("png", "webp", "parquet")

@@ -45,7 +45,7 @@ if TYPE_CHECKING:
     from s3od.remover import Remover
     from s3od.result import RemovalResult
 
-log = logging.getLogger("s3od.serving")
+log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 # Both stay lossless. On CPU, Pillow's default effort costs about as much as a small model's

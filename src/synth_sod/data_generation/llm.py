@@ -30,7 +30,7 @@ from PIL import Image
 
 from synth_sod.data_generation.sharding import PipelineError
 
-log = logging.getLogger("synth_sod.data_generation")
+log = logging.getLogger(__name__)
 T = TypeVar("T")
 R = TypeVar("R")
 RETRY_STATUSES = (408, 409, 429)
