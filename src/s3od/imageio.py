@@ -18,8 +18,9 @@ import io
 import os
 import tempfile
 import threading
+import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -283,13 +284,16 @@ def load_image(source: ImageInput, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> n
 def save_image_atomic(image: Image.Image, path: str | os.PathLike, **save_kwargs: Any) -> Path:
     """Write ``image`` to a temporary file in the target folder, then rename it into place.
 
-    An interrupted run therefore never leaves a half-written file under the final name.
+    An interrupted run therefore never leaves a half-written file under the final name. The
+    temporary file is ``.<name>.<pid>.<random>.part``: a run killed outright (SIGKILL, power
+    loss) leaves it behind, and :func:`stale_temp_files` finds it by name and dead writer.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fmt = save_kwargs.pop("format", None) or Image.registered_extensions().get(
         path.suffix.lower(), "PNG")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".part",
+                               dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
             image.save(fh, format=fmt, **save_kwargs)
@@ -299,6 +303,77 @@ def save_image_atomic(image: Image.Image, path: str | os.PathLike, **save_kwargs
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+#: mkstemp's random part: 8 characters of this alphabet.
+_TEMP_RANDOM = frozenset("abcdefghijklmnopqrstuvwxyz0123456789_")
+#: Without a way to ask whether a writer lives (Windows), a temp file this old is stale.
+_STALE_AGE_S = 24 * 3600
+
+
+def _writer_alive(pid: int | None, mtime: float) -> bool:
+    if pid is None:  # named before writers recorded their pid: an older s3od, long gone
+        return False
+    if pid == os.getpid():
+        return True
+    if os.name != "posix":
+        return time.time() - mtime < _STALE_AGE_S
+    try:
+        os.kill(pid, 0)  # signal 0: only asks whether the process exists
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def _temp_writer(entry: str, names: set[str]) -> tuple[bool, int | None]:
+    """Whether ``entry`` is a temp file of :func:`save_image_atomic` for one of ``names``."""
+    if not (entry.startswith(".") and entry.endswith(".part")):
+        return False, None
+    inner = entry[1:-len(".part")]
+    for name in names:
+        if not inner.startswith(name + "."):
+            continue
+        tail = inner[len(name) + 1:].split(".")
+        if len(tail) == 2 and tail[0].isdigit():
+            pid, rand = int(tail[0]), tail[1]
+        elif len(tail) == 1:
+            pid, rand = None, tail[0]
+        else:
+            continue
+        if len(rand) == 8 and set(rand) <= _TEMP_RANDOM:
+            return True, pid
+    return False, None
+
+
+def stale_temp_files(targets: Iterable[str | os.PathLike]) -> list[Path]:
+    """Temp files that :func:`save_image_atomic` left beside ``targets`` and whose writer is gone.
+
+    Only files named after one of ``targets`` count, and only when the process that wrote them no
+    longer runs, so a concurrent run's files in progress are never listed.
+    """
+    by_folder: dict[Path, set[str]] = {}
+    for target in targets:
+        target = Path(target)
+        by_folder.setdefault(target.parent, set()).add(target.name)
+    stale = []
+    for folder, names in by_folder.items():
+        try:
+            entries = list(os.scandir(folder))
+        except OSError:  # not there yet, or not a folder: nothing of ours inside
+            continue
+        for entry in entries:
+            ours, pid = _temp_writer(entry.name, names)
+            if not ours or not entry.is_file(follow_symlinks=False):
+                continue
+            try:
+                mtime = entry.stat(follow_symlinks=False).st_mtime
+            except OSError:
+                continue
+            if not _writer_alive(pid, mtime):
+                stale.append(Path(entry.path))
+    return sorted(stale)
 
 
 def encode_image(image: Image.Image, fmt: str = "PNG", **save_kwargs: Any) -> bytes:
