@@ -7,20 +7,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rich.markup import escape
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    ProgressColumn,
-    Task,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
+from rich.progress import ProgressColumn, Task
 from rich.text import Text
 
 from s3od.cli._shared import Job, Rendering, Summary
-from s3od.cli.app import console, fail
+from s3od.cli.app import console, fail, progress_bar
 
 if TYPE_CHECKING:
     from s3od.remover import Remover
@@ -81,9 +72,7 @@ def run_videos(jobs: list[Job], remover: Remover, rendering: Rendering, *, batch
     from s3od.video import remove_video_background
 
     summary = Summary()
-    with Progress(TextColumn("[progress.description]{task.description}"), BarColumn(),
-                  MofNCompleteColumn(), FpsColumn(), TimeElapsedColumn(),
-                  TextColumn("eta"), TimeRemainingColumn(), console=console) as progress:
+    with progress_bar(FpsColumn()) as progress:
         for job in jobs:
             if skip_existing and job.target.exists():
                 summary.skipped += 1

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import typer
 from rich.console import Console
+
+if TYPE_CHECKING:
+    from rich.progress import Progress, ProgressColumn
 
 app = typer.Typer(
     name="s3od",
@@ -21,3 +26,20 @@ def fail(message: str, code: int = 2) -> typer.Exit:
 
     console.print(f"[bold red]error:[/] {escape(message)}")
     return typer.Exit(code)
+
+
+def progress_bar(*extra: ProgressColumn, disable: bool = False) -> Progress:
+    """The CLI's one progress display (stderr): label, bar, done/total, ``extra`` columns,
+    elapsed and remaining time. rich.progress is imported here, not at ``s3od --help``."""
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    return Progress(TextColumn("[progress.description]{task.description}"), BarColumn(),
+                    MofNCompleteColumn(), *extra, TimeElapsedColumn(), TextColumn("eta"),
+                    TimeRemainingColumn(), console=console, disable=disable)

@@ -9,7 +9,7 @@ from typing import Any
 
 import typer
 
-from s3od.cli.app import app, console, fail
+from s3od.cli.app import app, console, fail, progress_bar
 
 _SHOWN_SKIPS = 5
 
@@ -34,18 +34,8 @@ def _parse_pred(spec: str) -> tuple[str | None, Path]:
 @contextmanager
 def _progress() -> Iterator[Callable[[str, int, int], None]]:
     """A rich progress display with one bar per ``model / set`` label."""
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
     tasks: dict[str, Any] = {}
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                  TimeElapsedColumn(), TimeRemainingColumn(), console=console) as progress:
+    with progress_bar() as progress:
 
         def update(label: str, done: int, total: int) -> None:
             if label not in tasks:

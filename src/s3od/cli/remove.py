@@ -24,7 +24,7 @@ from s3od.cli._shared import (
     open_remover,
     parse_color_option,
 )
-from s3od.cli.app import app, console, fail
+from s3od.cli.app import app, fail, progress_bar
 
 if TYPE_CHECKING:
     from s3od.refine import RefineConfig
@@ -287,15 +287,6 @@ def _run_stream(plan: RemovePlan, remover: Remover) -> None:
 
 def _run_jobs(plan: RemovePlan, remover: Remover) -> Summary:
     """Photos in batches of ``plan.batch_size``; a bad file or batch is recorded, not fatal."""
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
     from s3od.errors import S3ODError
     from s3od.imageio import load_image, save_image_atomic
 
@@ -319,9 +310,7 @@ def _run_jobs(plan: RemovePlan, remover: Remover) -> Summary:
                                   compress_level=plan.save_kwargs.get("compress_level", 1))
         summary.done += 1
 
-    with Progress(TextColumn("[progress.description]{task.description}"), BarColumn(),
-                  MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn(),
-                  console=console, disable=len(todo) < 2) as progress:
+    with progress_bar(disable=len(todo) < 2) as progress:
         task = progress.add_task("removing backgrounds", total=len(todo))
         for start in range(0, len(todo), plan.batch_size):
             chunk, arrays = [], []
