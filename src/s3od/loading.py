@@ -84,7 +84,9 @@ def load_remover(
         import torch
 
         torch.set_num_threads(threads)
-    return BackgroundRemoval(model, image_size=image_size, device=device, precision=precision,
+    # _backend_for refused bytes for this backend.
+    return BackgroundRemoval(cast("str | os.PathLike | ResolvedCheckpoint | None", model),
+                             image_size=image_size, device=device, precision=precision,
                              compile=compile)
 
 

@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import torch
 from torch import nn
@@ -153,7 +153,7 @@ def keep_float32(module: nn.Module) -> None:
         with torch.autocast(device_type, enabled=False):
             return inner(*args, **kwargs)
 
-    module.forward = forward  # type: ignore[method-assign]
+    module.forward = forward
     module._s3od_float32 = True  # type: ignore[assignment]
 
 
@@ -205,7 +205,8 @@ def _conv_bn_pairs(model: nn.Module, example: torch.Tensor) -> list[tuple[str, s
     for name, module in model.named_modules():
         if type(module) is nn.Conv2d:
             handles.append(module.register_forward_hook(on_conv(name)))
-        elif type(module) is nn.BatchNorm2d:
+        elif type(module) is nn.BatchNorm2d and module.running_var is not None:
+            # (a norm without running statistics normalises by the batch: nothing to fold)
             handles.append(module.register_forward_pre_hook(on_norm(name)))
     try:
         with torch.inference_mode():
@@ -255,10 +256,12 @@ def _merge(conv: nn.Conv2d, norm: nn.BatchNorm2d) -> None:
     convolution would otherwise round its un-centred output to 8 bits of mantissa before the
     norm subtracts a mean that can be far larger than the spread, losing most of the signal.
     """
-    scale = norm.weight.detach().float() / torch.sqrt(norm.running_var.float() + norm.eps)
+    mean, var = norm.running_mean, norm.running_var
+    assert mean is not None and var is not None  # _conv_bn_pairs keeps tracked norms only
+    scale = norm.weight.detach().float() / torch.sqrt(var.float() + norm.eps)
     weight = conv.weight.detach().float() * scale.view(-1, 1, 1, 1)
     bias = conv.bias.detach().float() if conv.bias is not None else torch.zeros_like(scale)
-    bias = (bias - norm.running_mean.float()) * scale + norm.bias.detach().float()
+    bias = (bias - mean.float()) * scale + norm.bias.detach().float()
     conv.weight = nn.Parameter(weight.to(conv.weight.dtype), requires_grad=False)
     conv.bias = nn.Parameter(bias.to(conv.weight.dtype), requires_grad=False)
 
@@ -288,7 +291,8 @@ def fold_batchnorm(model: nn.Module, example: torch.Tensor) -> nn.Module:
         return model
     fused = shared_copy(model)
     for conv_name, norm_name in pairs:
-        _merge(fused.get_submodule(conv_name), fused.get_submodule(norm_name))
+        _merge(cast(nn.Conv2d, fused.get_submodule(conv_name)),
+               cast(nn.BatchNorm2d, fused.get_submodule(norm_name)))
         parent, _, child = norm_name.rpartition(".")
         setattr(fused.get_submodule(parent), child, nn.Identity())
     with torch.inference_mode(), full_float32():
@@ -372,7 +376,8 @@ def prepare_model(
     if channels_last is None:
         channels_last = auto_channels_last(device, model)
     if channels_last:
-        model = model.to(memory_format=torch.channels_last)
+        # Module.to takes memory_format at run time; torch's stubs leave it out.
+        model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     if precision != "fp32":
         side = 4 * int(getattr(model, "size_multiple", 32))
         example = torch.randn(1, 3, side, side, device=device)

@@ -282,6 +282,7 @@ def _run_stream(plan: RemovePlan, remover: Remover) -> None:
         sys.stdout.buffer.write(encode_image(image, plan.image_format, **plan.save_kwargs))
         sys.stdout.buffer.flush()
     else:
+        assert plan.output is not None  # stdin not going to stdout: plan_removal saw an -o
         save_image_atomic(image, plan.output, format=plan.image_format, **plan.save_kwargs)
 
 
@@ -356,8 +357,8 @@ def models() -> None:
             path = spec.bundled_path()
             status = "yes (bundled)" if path and path.is_file() else "missing"
         else:
-            status = ("yes (cached)" if _cached_hub_file(spec.hub_repo, spec.hub_filenames)
-                      else "download")
+            cached = spec.hub_repo and _cached_hub_file(spec.hub_repo, spec.hub_filenames)
+            status = "yes (cached)" if cached else "download"
         tag = " (default)" if spec.name == DEFAULT_MODEL else (
             " (offline default)" if spec.name == FALLBACK_MODEL else "")
         table.add_row(spec.name + tag, spec.architecture, str(spec.image_size), spec.source,

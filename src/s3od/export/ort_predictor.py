@@ -90,6 +90,7 @@ class OnnxBackgroundRemoval(Remover):
     def __init__(self, model: str | os.PathLike | bytes, image_size: int | None = None,
                  device: str | None = None, threads: int | None = None) -> None:
         ort = _onnxruntime()
+        payload: str | bytes  # what the session reads: a path or the model's bytes
         if isinstance(model, (bytes, bytearray)):
             source, payload = "in-memory ONNX model", bytes(model)
         else:

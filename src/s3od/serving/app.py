@@ -13,7 +13,7 @@ import asyncio
 import base64
 import hmac
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
@@ -114,7 +114,7 @@ def remover_for(settings: ServerSettings) -> Remover:
 
 
 def _error_response(status: int, code: str, message: str,
-                    headers: dict[str, str] | None = None) -> JSONResponse:
+                    headers: Mapping[str, str] | None = None) -> JSONResponse:
     return JSONResponse({"error": code, "message": message}, status_code=status, headers=headers)
 
 

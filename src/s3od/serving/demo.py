@@ -261,7 +261,7 @@ def build_demo(
         color_in.change(render, render_inputs, render_outputs)
         gallery.select(pick_from_gallery, None, candidate_in).then(
             render, render_inputs, render_outputs)
-    blocks.s3od_tempdir = outdir  # type: ignore[attr-defined]  # lives as long as the UI
+    blocks.s3od_tempdir = outdir  # lives as long as the UI
     return blocks
 
 

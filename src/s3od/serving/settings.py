@@ -75,4 +75,4 @@ class ServerSettings(BaseModel):
             if key in env:
                 values[name] = env[key]
         values.update({k: v for k, v in overrides.items() if v is not None})
-        return cls(**values)
+        return cls.model_validate(values)
