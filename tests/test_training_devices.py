@@ -7,6 +7,8 @@ instead of run. What a real GPU run proves is in ``tests/test_gpu.py`` (docs/gpu
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 pytest.importorskip("lightning")
@@ -15,11 +17,12 @@ import torch
 from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 
-import synth_sod.model_training.train as train_mod  # noqa: F401 (registers config resolvers)
+import synth_sod.model_training.train as train_mod  # also registers the config's resolvers
 from synth_sod.model_training.lightning_module import SegmentationLightningModule
 from synth_sod.model_training.loss import build_loss
 
 CONFIG_MODULE = "synth_sod.model_training.config"
+REPO = Path(__file__).resolve().parents[1]
 
 
 def compose_plain(*overrides: str, name: str = "train") -> dict:
@@ -165,3 +168,182 @@ def test_validation_loader_uses_the_configured_workers():
     _, val = build_dataloaders({"num_workers": 6, "val_num_workers": 0, "train_bs": 2},
                                data, data)
     assert val.num_workers == 0 and val.worker_init_fn is None
+
+
+# --------------------------------------------------------------------------- trainer settings
+
+
+def compose_cfg(*overrides: str, name: str = "train"):
+    with initialize_config_module(config_module=CONFIG_MODULE, version_base=None):
+        return compose(config_name=name, overrides=[*overrides, "data_dir=/data"])
+
+
+def _docs_batch_table() -> dict[str, tuple[int, int, int]]:
+    """backend -> (accumulation, samples per step at train_bs 4, at train_bs 8) in the docs."""
+    import re
+
+    text = (REPO / "docs" / "training.md").read_text()
+    rows = re.findall(r"^\| `(\dgpu)` \| \d+ \| (\d+) \| (\d+) \| (\d+) \|$", text, re.M)
+    return {name: tuple(int(x) for x in rest) for name, *rest in rows}
+
+
+def test_effective_batch_size_of_every_backend_is_the_documented_one():
+    table = _docs_batch_table()
+    assert set(table) == {"1gpu", "2gpu", "4gpu", "8gpu"}
+    for backend, (accumulate, at4, at8) in table.items():
+        synth = compose_cfg(f"backend={backend}", "dataset=synth")
+        duts = compose_cfg(f"backend={backend}", "dataset=duts")
+        assert synth.dataset.train_bs == 4 and duts.dataset.train_bs == 8
+        assert train_mod.accumulation(synth) == accumulate
+        assert (train_mod.effective_batch_size(synth), train_mod.effective_batch_size(duts)) == (
+            at4, at8), backend
+
+
+@pytest.mark.parametrize("backend,accumulate", [("2gpu", 32), ("4gpu", 16), ("8gpu", 8)])
+def test_effective_batch_size_option_keeps_it_fixed_across_gpu_counts(backend, accumulate):
+    cfg = compose_cfg(f"backend={backend}", "dataset=synth", "backend.effective_batch_size=256")
+    assert train_mod.trainer_kwargs(cfg)["accumulate_grad_batches"] == accumulate
+    assert train_mod.effective_batch_size(cfg) == 256
+
+
+def test_effective_batch_size_must_divide():
+    cfg = compose_cfg("backend=8gpu", "dataset=synth", "backend.effective_batch_size=100")
+    with pytest.raises(train_mod.ConfigError, match="not a multiple of"):
+        train_mod.trainer_kwargs(cfg)
+    cfg = compose_cfg("backend=cpu", "dataset=synth", "backend.effective_batch_size=4",
+                      "backend.devices=auto")
+    with pytest.raises(train_mod.ConfigError, match="as numbers"):
+        train_mod.accumulation(cfg)
+
+
+@pytest.mark.parametrize("backend", ["1gpu", "2gpu", "4gpu", "8gpu"])
+def test_gpu_backends_turn_on_the_cudnn_autotuner_and_offer_bf16(backend):
+    cfg = compose_cfg(f"backend={backend}", "dataset=synth")
+    assert train_mod.trainer_kwargs(cfg)["benchmark"] is True
+    assert train_mod.trainer_kwargs(cfg)["precision"] == "32"  # published default kept
+    bf16 = compose_cfg(f"backend={backend}", "dataset=synth", "backend.precision=bf16-mixed")
+    assert train_mod.trainer_kwargs(bf16)["precision"] == "bf16-mixed"
+
+
+def test_cudnn_autotuner_stays_off_for_variable_sized_flux_features():
+    cfg = compose_cfg("dataset=full", "model=flux_teacher", "backend=4gpu", name="train_teacher")
+    assert train_mod.trainer_kwargs(cfg)["benchmark"] is False
+    assert "benchmark" not in train_mod.trainer_kwargs(compose_cfg("backend=cpu"))
+
+
+# --------------------------------------------------------------------------- SLURM requeue
+
+
+def _touch(path, mtime: float) -> None:
+    import os
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"x")
+    os.utime(path, (mtime, mtime))
+
+
+def test_resume_takes_the_requeue_checkpoint_when_it_is_newer(tmp_path):
+    cfg = compose_cfg(f"base_dir={tmp_path}", "train_stage.experiment_name=exp",
+                      "training_hyperparams.resume=True")
+    folder = train_mod.checkpoint_dir(cfg)
+    _touch(folder / "hpc_ckpt_1.ckpt", 1_000)
+    # only the SIGUSR1 checkpoint: a requeue right after the first signal
+    assert train_mod.resolve_resume(cfg)[0] == str(folder / "hpc_ckpt_1.ckpt")
+    _touch(folder / "last.ckpt", 2_000)
+    _touch(folder / "hpc_ckpt_2.ckpt", 3_000)
+    assert train_mod.resolve_resume(cfg)[0] == str(folder / "hpc_ckpt_2.ckpt")
+    _touch(folder / "last.ckpt", 4_000)  # trained on after the signal, then killed
+    assert train_mod.resolve_resume(cfg)[0] == str(folder / "last.ckpt")
+
+
+def test_lightning_saves_the_requeue_checkpoint_where_resume_looks(tmp_path):
+    import lightning.pytorch as pl
+
+    cfg = compose_cfg(f"base_dir={tmp_path}", "train_stage.experiment_name=exp", "backend=cpu")
+    trainer = pl.Trainer(**train_mod.trainer_kwargs(cfg), logger=False,
+                         enable_checkpointing=False)
+    # the path Lightning's SIGUSR1 handler saves to (SignalConnector._slurm_sigusr_handler_fn)
+    saved = trainer._checkpoint_connector.hpc_save_path(trainer.default_root_dir)
+    folder = train_mod.checkpoint_dir(cfg)
+    assert Path(saved).parent == folder
+    _touch(Path(saved), 5_000)
+    resumed = compose_cfg(f"base_dir={tmp_path}", "train_stage.experiment_name=exp",
+                          "backend=cpu", "training_hyperparams.resume=True")
+    assert train_mod.resolve_resume(resumed)[0] == saved
+
+
+def test_slurm_script_resumes_when_only_the_requeue_checkpoint_exists(tmp_path):
+    import os
+    import subprocess
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "srun").write_text('#!/bin/bash\necho "$@"\n')
+    (bin_dir / "srun").chmod(0o755)
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}",
+           "S3OD_DATA_DIR": str(tmp_path), "S3OD_BASE_DIR": str(tmp_path / "base"),
+           "SLURM_JOB_NUM_NODES": "2", "EXPERIMENT": "exp"}
+    script = REPO / "scripts" / "train_multinode.slurm"
+
+    def submitted() -> str:
+        out = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True,
+                             check=True)
+        return out.stdout
+
+    assert "training_hyperparams.resume=false" in submitted()
+    _touch(tmp_path / "base" / "checkpoints" / "exp" / "hpc_ckpt_1.ckpt", 1_000)
+    assert "training_hyperparams.resume=true" in submitted()
+
+
+# --------------------------------------------------------------------------- bf16-mixed
+
+
+class _RandomPairs(torch.utils.data.Dataset):
+    def __init__(self, n: int = 8, side: int = 64) -> None:
+        g = torch.Generator().manual_seed(0)
+        self.images = torch.randint(0, 256, (n, 3, side, side), generator=g).float()
+        yy, xx = torch.meshgrid(torch.arange(side), torch.arange(side), indexing="ij")
+        self.masks = torch.stack([((yy - side / 2) ** 2 + (xx - side / 2 - i) ** 2
+                                   < (side / 4) ** 2).float() for i in range(n)])
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> dict:
+        return {"images": self.images[i], "masks": self.masks[i]}
+
+
+def _fit_losses(precision: str, steps: int = 4) -> list[float]:
+    import lightning.pytorch as pl
+    from lightning.pytorch.callbacks import Callback
+
+    class Losses(Callback):
+        def __init__(self) -> None:
+            self.values: list[float] = []
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+            self.values.append(float(outputs["loss"]))
+
+    cfg = compose_cfg("model=dino_tiny", "dataset=folders", "dataset.datasets=[a]",
+                      "backend=cpu", f"backend.precision={precision}",
+                      f"+backend.max_steps={steps}", "train_stage.progress_bar=false",
+                      "train_stage.num_sanity_val_steps=0")
+    pl.seed_everything(0)
+    module = SegmentationLightningModule(cfg)
+    losses = Losses()
+    trainer = pl.Trainer(**train_mod.trainer_kwargs(cfg), logger=False, callbacks=[losses],
+                         enable_checkpointing=False, enable_model_summary=False)
+    loader = torch.utils.data.DataLoader(_RandomPairs(), batch_size=2)
+    trainer.fit(module, train_dataloaders=loader)
+    assert trainer.global_step == steps
+    return losses.values
+
+
+def test_bf16_mixed_trains_like_fp32():
+    """The bf16-mixed option through the real Trainer (CPU autocast; the GPU suite runs the
+    CUDA one): same start, same data, the loss follows the fp32 run."""
+    fp32, bf16 = _fit_losses("32"), _fit_losses("bf16-mixed")
+    assert all(torch.isfinite(torch.tensor(bf16)))
+    assert fp32 != bf16  # autocast really ran in bf16
+    for a, b in zip(fp32, bf16, strict=True):
+        assert abs(a - b) <= 0.05 * abs(a), (fp32, bf16)

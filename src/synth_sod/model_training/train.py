@@ -97,23 +97,79 @@ def checkpoint_dir(cfg: DictConfig) -> Path:
 def resolve_resume(cfg: DictConfig) -> tuple[str | None, bool]:
     """(checkpoint path, weights_only) from ``training_hyperparams.resume`` / ``train_stage``.
 
-    ``training_hyperparams.resume=True`` continues from this experiment's ``last.ckpt``;
-    a string is taken as a checkpoint path. ``train_stage.checkpoint_path`` (published key)
-    also works, with ``train_stage.weights_only`` to restart from weights only.
+    ``training_hyperparams.resume=True`` continues from this experiment's newest checkpoint:
+    ``last.ckpt`` or the ``hpc_ckpt_N.ckpt`` Lightning writes on SLURM's ``SIGUSR1`` before a
+    requeue (:func:`latest_checkpoint`); a string is taken as a checkpoint path.
+    ``train_stage.checkpoint_path`` (published key) also works, with
+    ``train_stage.weights_only`` to restart from weights only.
     """
     resume = cfg.get("training_hyperparams", {}).get("resume", False)
     path = cfg.train_stage.get("checkpoint_path")
     if isinstance(resume, str) and resume.lower() not in ("true", "false", ""):
         path = resume
     elif resume is True or (isinstance(resume, str) and resume.lower() == "true"):
-        last = checkpoint_dir(cfg) / "last.ckpt"
-        if not last.is_file():
-            raise ConfigError(f"training_hyperparams.resume=True but {last} does not exist; "
+        folder = checkpoint_dir(cfg)
+        latest = latest_checkpoint(folder)
+        if latest is None:
+            raise ConfigError(f"training_hyperparams.resume=True but {folder / 'last.ckpt'} "
+                              "does not exist (nor a SLURM requeue checkpoint hpc_ckpt_*.ckpt); "
                               "check base_dir and train_stage.experiment_name")
-        path = str(last)
+        path = str(latest)
     if path and not Path(path).is_file():
         raise ConfigError(f"checkpoint to resume from does not exist: {path}")
     return (str(path) if path else None), bool(cfg.train_stage.get("weights_only", False))
+
+
+def latest_checkpoint(folder: Path) -> Path | None:
+    """The most recently written of ``last.ckpt`` and ``hpc_ckpt_*.ckpt`` in ``folder``.
+
+    On SLURM's ``SIGUSR1`` (``#SBATCH --signal``) Lightning saves ``hpc_ckpt_N.ckpt`` in the
+    trainer's ``default_root_dir`` (this folder, see :func:`trainer_kwargs`) and requeues the
+    job; ``last.ckpt`` is only rewritten every ``checkpoint.every_n_train_steps``, so the
+    requeued job must not fall back to it when the signal's checkpoint is newer.
+    """
+    found = [p for p in (folder / "last.ckpt", *folder.glob("hpc_ckpt_*.ckpt")) if p.is_file()]
+    return max(found, key=lambda p: p.stat().st_mtime_ns, default=None)
+
+
+def per_device_batch(cfg: DictConfig) -> int:
+    """Samples per GPU and step: ``dataset.train_bs`` (1 for FLUX features, see data.py)."""
+    return 1 if cfg.dataset.get("flux_features_dir") else int(cfg.dataset.train_bs)
+
+
+def accumulation(cfg: DictConfig) -> int:
+    """``accumulate_grad_batches``: as configured, or derived from
+    ``backend.effective_batch_size`` (samples per optimizer step over all GPUs) when set."""
+    backend = cfg.backend
+    target = backend.get("effective_batch_size")
+    if target is None:
+        return int(backend.accumulate_grad_batches)
+    devices, nodes = backend.devices, backend.get("num_nodes", 1)
+    if not isinstance(devices, int) or not isinstance(nodes, int):
+        raise ConfigError("backend.effective_batch_size needs backend.devices and "
+                          f"backend.num_nodes as numbers (got {devices!r}, {nodes!r})")
+    per_step = per_device_batch(cfg) * devices * nodes
+    if int(target) < per_step or int(target) % per_step:
+        raise ConfigError(f"backend.effective_batch_size={target} is not a multiple of "
+                          f"train_bs x devices x num_nodes = {per_step}")
+    return int(target) // per_step
+
+
+def effective_batch_size(cfg: DictConfig) -> int:
+    """Samples per optimizer step: per-GPU batch x devices x nodes x accumulation."""
+    backend = cfg.backend
+    return (per_device_batch(cfg) * int(backend.devices) * int(backend.get("num_nodes", 1))
+            * accumulation(cfg))
+
+
+def cudnn_benchmark(cfg: DictConfig) -> bool | None:
+    """``backend.cudnn_benchmark``, except for FLUX-feature data, whose resolution changes from
+    image to image (the autotuner would time every new shape); None leaves torch's setting."""
+    value = cfg.backend.get("cudnn_benchmark")
+    if value and cfg.dataset.get("flux_features_dir"):
+        log.info("cudnn_benchmark off: FLUX-feature samples change resolution per image")
+        return False
+    return value
 
 
 def validate(cfg: DictConfig) -> None:
@@ -133,7 +189,8 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"dataset root {root} does not exist (data_dir={cfg.data_dir})")
 
 
-def build_trainer(cfg: DictConfig, callbacks: list[Callback], loggers: list) -> pl.Trainer:
+def trainer_kwargs(cfg: DictConfig) -> dict[str, Any]:
+    """The ``pl.Trainer`` arguments of a run config (callbacks and loggers apart)."""
     backend = cfg.backend
     stage = cfg.train_stage
     kwargs: dict[str, Any] = dict(
@@ -144,10 +201,8 @@ def build_trainer(cfg: DictConfig, callbacks: list[Callback], loggers: list) -> 
         precision=backend.precision,
         max_epochs=backend.max_epochs,
         max_steps=backend.get("max_steps", -1),
-        accumulate_grad_batches=backend.accumulate_grad_batches,
+        accumulate_grad_batches=accumulation(cfg),
         gradient_clip_val=backend.get("gradient_clip_val"),
-        callbacks=callbacks,
-        logger=loggers,
         log_every_n_steps=stage.get("log_every_n_steps", 50),
         enable_progress_bar=stage.get("progress_bar", True),
         num_sanity_val_steps=stage.get("num_sanity_val_steps", 2),
@@ -155,9 +210,21 @@ def build_trainer(cfg: DictConfig, callbacks: list[Callback], loggers: list) -> 
         limit_val_batches=stage.get("limit_val_batches"),
         val_check_interval=stage.get("val_check_interval"),
         check_val_every_n_epoch=stage.get("check_val_every_n_epoch", 1),
-        benchmark=backend.get("cudnn_benchmark", None),
+        benchmark=cudnn_benchmark(cfg),
+        # where Lightning writes hpc_ckpt_N.ckpt on SLURM's SIGUSR1 (see latest_checkpoint)
+        default_root_dir=str(checkpoint_dir(cfg)),
     )
-    return pl.Trainer(**{k: v for k, v in kwargs.items() if v is not None})
+    return {k: v for k, v in kwargs.items() if v is not None}
+
+
+def build_trainer(cfg: DictConfig, callbacks: list[Callback], loggers: list) -> pl.Trainer:
+    trainer = pl.Trainer(**trainer_kwargs(cfg), callbacks=callbacks, logger=loggers)
+    if trainer.is_global_zero:
+        batch = per_device_batch(cfg)
+        log.info("[batch] %d per GPU x %d processes x %d accumulated = %d samples per optimizer "
+                 "step", batch, trainer.world_size, trainer.accumulate_grad_batches,
+                 batch * trainer.world_size * trainer.accumulate_grad_batches)
+    return trainer
 
 
 def load_matching(module: torch.nn.Module, state: dict[str, torch.Tensor]) -> tuple[int, list[str]]:
