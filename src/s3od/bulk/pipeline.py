@@ -29,7 +29,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
-from typing import TYPE_CHECKING, Any, Literal, cast
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
@@ -205,6 +205,71 @@ def _put(fs: pyarrow.fs.FileSystem, path: str, data: bytes) -> None:
         fh.write(data)
 
 
+def actor_device(requested: str | None, gpu_ids: Sequence[Any]) -> str | None:
+    """The device an actor runs on, given the GPUs Ray reserved for it (``ray.get_gpu_ids()``).
+
+    Ray shows an actor only its reserved GPUs (``CUDA_VISIBLE_DEVICES``), numbered from 0, so a
+    ``cuda:1`` meant for the driver's machine is an invalid ordinal there: a CUDA request runs
+    on the first reserved GPU. Without a reservation the actor runs on the CPU unless CUDA was
+    asked for explicitly (``gpus_per_actor=0``): a GPU nobody reserved may be another actor's.
+    """
+    cuda = requested is None or requested.startswith("cuda")
+    if gpu_ids and cuda:
+        return "cuda:0"
+    if requested is None:
+        return "cpu"
+    return "cuda" if cuda else requested
+
+
+@dataclass(frozen=True)
+class ActorPlan:
+    """Device and resources per actor, and the bounds of the (autoscaling) actor pool."""
+
+    device: str
+    cpus: float
+    gpus: float
+    min_size: int
+    max_size: int
+
+
+def plan_actors(device: str | None, num_actors: int, batches: int, cpus_per_actor: float,
+                gpus_per_actor: float | None, resources: dict[str, float]) -> ActorPlan:
+    """Fit the actor pool to the cluster (``resources``: ``ray.cluster_resources()``).
+
+    ``device=None`` uses a GPU per actor when the cluster has any (it ran on the CPU before,
+    or on an unreserved GPU 0 with newer Ray), else the CPU. A CUDA device reserves
+    ``gpus_per_actor`` (default 1) per actor. The pool starts with one actor and grows up to
+    ``num_actors``, capped by the batches to do and by how many actors the cluster's GPUs (and
+    CPUs) can hold at once: a fixed pool larger than that never fills, and Ray Data times out.
+    """
+    cluster_gpus = float(resources.get("GPU", 0.0))
+    cluster_cpus = float(resources.get("CPU", 0.0))
+    if device is None:
+        device = "cuda" if cluster_gpus >= 1 else "cpu"
+    if device.startswith("cuda"):
+        if device != "cuda":
+            log.info("s3od: Ray actors use the GPU Ray reserves for them; the index in %r "
+                     "is ignored", device)
+            device = "cuda"
+        gpus = 1.0 if gpus_per_actor is None else float(gpus_per_actor)
+    else:
+        gpus = float(gpus_per_actor or 0.0)
+    capacity = max(1, num_actors)
+    if gpus > 0:
+        if cluster_gpus < gpus:
+            raise BulkInputError(f"each actor needs {gpus:g} GPU but the Ray cluster has "
+                                 f"{cluster_gpus:g}; use --device cpu or add GPU nodes")
+        capacity = min(capacity, int(cluster_gpus / gpus + 1e-9))
+    if cpus_per_actor > 0 and cluster_cpus >= cpus_per_actor:
+        capacity = min(capacity, int(cluster_cpus / cpus_per_actor + 1e-9))
+    if capacity < num_actors:
+        log.warning("s3od: %d actors asked for, the Ray cluster holds %d at once (%g GPU, %g CPU "
+                    "each); using at most %d", num_actors, capacity, gpus, cpus_per_actor,
+                    capacity)
+    max_size = max(1, min(capacity, batches))
+    return ActorPlan(device, float(cpus_per_actor), gpus, 1, max_size)
+
+
 class _RemovalActor:
     """One per Ray actor: holds a loaded model; ``__call__`` handles one batch of rows."""
 
@@ -215,8 +280,9 @@ class _RemovalActor:
 
         from s3od.loading import load_remover
 
+        self.device = actor_device(device, ray.get_gpu_ids())
         self.remover = load_remover(ray.get(model_ref[0]), precision=precision,
-                                    compile=compile, device=device, image_size=image_size)
+                                    compile=compile, device=self.device, image_size=image_size)
         self.inputs = input_filesystems
         self.out_fs = output_filesystem
         self.fmt = output_format
@@ -238,7 +304,7 @@ class _RemovalActor:
         for i, (data, err) in enumerate(reads):
             if err is None:
                 try:
-                    rgbs.append(load_image(cast(bytes, data)))  # read: _try_read gave bytes
+                    rgbs.append(load_image(data))
                     ok.append(i)
                     continue
                 except S3ODError as decode_err:  # drop PIL's "<_io.BytesIO at 0x..>" noise
@@ -349,14 +415,16 @@ def remove_backgrounds_ray(
         model: as :func:`s3od.load_remover` takes it; an ``.onnx`` file makes the actors run
             ONNX Runtime without importing torch.
         device: per actor; ``cuda`` reserves one GPU per actor unless ``gpus_per_actor`` says
-            otherwise.
+            otherwise, and each actor runs on the GPU Ray gives it (an index is ignored);
+            ``None`` means a GPU per actor when the cluster has GPUs, else the CPU.
         precision, compile: per actor, as :func:`s3od.load_remover` takes them.
         render: cut-out options for png/webp (mask only, background colour, crop).
         resume: skip images whose output exists (png/webp: the file; parquet: the key in a part).
             With ``resume=False`` png/webp outputs are overwritten and a parquet folder must not
             hold parts yet.
         batch_size: images per forward pass, and rows per parquet part.
-        num_actors: size of the actor pool, i.e. model copies.
+        num_actors: most actors (model copies) at once; the pool starts with one and never
+            asks for more than the cluster's GPUs/CPUs hold (:func:`plan_actors`).
         address: Ray address (``auto``, ``ray://head:10001``, ``local`` to start a local
             instance). When Ray is already initialised in this process it is used as is.
         filesystem: a ``pyarrow.fs`` filesystem for inputs and output (credentials, endpoint).
@@ -406,8 +474,6 @@ def remove_backgrounds_ray(
     from s3od.loading import portable_model
 
     payload = portable_model(model, precision=precision, compile=compile)
-    if gpus_per_actor is None:
-        gpus_per_actor = 1.0 if device is not None and device.startswith("cuda") else 0.0
     started_here = not ray.is_initialized()
     if started_here:
         try:
@@ -419,24 +485,25 @@ def remove_backgrounds_ray(
         log.info("s3od: Ray is already initialised in this process; ignoring address %r",
                  address)
     try:
+        blocks = max(1, math.ceil(len(rows) / batch_size))
+        plan = plan_actors(device, num_actors, blocks, cpus_per_actor, gpus_per_actor,
+                           ray.cluster_resources())
         model_ref = ray.put(payload)
         del payload
-        blocks = max(1, math.ceil(len(rows) / batch_size))
         dataset = ray.data.from_items(rows, override_num_blocks=blocks)
         statuses = dataset.map_batches(
             _RemovalActor,
             fn_constructor_kwargs={
-                "model_ref": [model_ref], "image_size": image_size, "device": device,
+                "model_ref": [model_ref], "image_size": image_size, "device": plan.device,
                 "input_filesystems": filesystems, "output_filesystem": out_fs,
                 "output_format": output_format, "render": render, "precision": precision,
                 "compile": compile,
             },
             batch_size=batch_size,
             batch_format="numpy",
-            # No more model copies than there are batches to give them.
-            compute=ray.data.ActorPoolStrategy(size=min(num_actors, blocks)),
-            num_cpus=cpus_per_actor,
-            num_gpus=gpus_per_actor or None,
+            compute=ray.data.ActorPoolStrategy(min_size=plan.min_size, max_size=plan.max_size),
+            num_cpus=plan.cpus,
+            num_gpus=plan.gpus or None,
         )
         for batch in statuses.iter_batches(batch_size=None, batch_format="numpy"):
             for source, state, error in zip(batch["source"], batch["status"], batch["error"],
