@@ -74,12 +74,11 @@ class _Step:
     def __enter__(self) -> _Step:
         return self
 
-    def __exit__(self, exc_type, exc, tb) -> bool:
+    def __exit__(self, exc_type: object, exc: BaseException | None, tb: object) -> None:
         from s3od.errors import S3ODError  # also the base of synth_sod's PipelineError
 
-        if exc is not None and isinstance(exc, S3ODError):
+        if isinstance(exc, S3ODError):
             raise fail(str(exc)) from None
-        return False
 
 
 def _describe(kind: str, image_dir: list[Path], output_file: Path, backend: str,

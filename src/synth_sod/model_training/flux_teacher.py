@@ -33,6 +33,7 @@ from s3od.modeling.encoders.dinov3 import (
     dinov3_features,
     load_dinov3_config,
     load_pretrained_dinov3,
+    patch_size_of,
 )
 from s3od.modeling.segmentation import DEFAULT_LAYER_INDICES
 
@@ -165,7 +166,7 @@ class FluxDPTSegmentation(nn.Module):
         if layer_indices is None:
             layer_indices = DEFAULT_LAYER_INDICES.get(config.num_hidden_layers, (2, 5, 8, 11))
         self.layer_indices = tuple(int(i) for i in layer_indices)
-        self.patch_size = int(config.patch_size)
+        self.patch_size = patch_size_of(config)
         self.num_masks = num_masks
         self.use_flux_features = use_flux_features
         self.use_concept_maps = use_concept_maps
@@ -224,6 +225,6 @@ class FluxDPTSegmentation(nn.Module):
 def _build_flux_teacher(*, pretrained: bool = False, encoder_name: str | None = None,
                         **config: Any) -> nn.Module:
     model = FluxDPTSegmentation(**config)
-    if pretrained and encoder_name and model.use_dino_features:
+    if pretrained and encoder_name and model.encoder is not None:  # built with DINO features
         load_pretrained_dinov3(model.encoder, encoder_name)
     return model
