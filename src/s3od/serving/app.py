@@ -27,7 +27,7 @@ from starlette.requests import ClientDisconnect
 
 from s3od import compose
 from s3od.imageio import encode_image
-from s3od.serving.batching import MicroBatcher
+from s3od.serving.batching import InferenceOutOfMemory, MicroBatcher, batch_buckets, padded
 from s3od.serving.limits import (
     FILE_FIELDS,
     MULTIPART,
@@ -47,6 +47,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+#: Retry-After (seconds) of the 503 answered when a forward pass ran out of GPU memory.
+OOM_RETRY_AFTER_S = 5
 
 # Both stay lossless. On CPU, Pillow's default effort costs about as much as a small model's
 # forward pass; these are ~5x (PNG, +5% bytes) and ~20x (WebP, +13%) faster
@@ -78,7 +80,9 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     for code, text in {
         400: "Body is not a decodable image", 401: "Missing or wrong API key",
         413: "Body or pixel count over the limit", 415: "Unsupported content type or format",
-        422: "Invalid option", 503: "Concurrency limit reached", 504: "Request timed out",
+        422: "Invalid option",
+        503: "Concurrency limit reached, or the GPU ran out of memory (Retry-After)",
+        504: "Request timed out",
     }.items()
 }
 
@@ -150,7 +154,10 @@ def create_app(settings: ServerSettings | None = None,
     """
     settings = settings or ServerSettings.from_env()
     remover = remover if remover is not None else remover_for(settings)
-    batcher = MicroBatcher(remover.predict_arrays, settings.max_batch,
+    # A compiled model sees only a few batch sizes (padded up to them), compiled at start-up.
+    sizes = batch_buckets(settings.max_batch) if settings.compile else ()
+    batcher = MicroBatcher(padded(remover.predict_arrays, sizes) if sizes
+                           else remover.predict_arrays, settings.max_batch,
                            settings.batch_window_ms / 1000.0)
     gate = Gate(settings.max_concurrency, settings.max_queue)
     # Decoding and encoding get one thread per admitted request, not a large shared pool: few
@@ -164,6 +171,11 @@ def create_app(settings: ServerSettings | None = None,
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         await batcher.start()
         try:
+            if sizes:  # compile every batch shape now, not inside the first requests
+                import numpy
+
+                side = remover.image_size
+                await batcher.warm_up(numpy.full((side, side, 3), 128, numpy.uint8), sizes)
             yield
         finally:
             await batcher.stop()
@@ -251,7 +263,11 @@ def create_app(settings: ServerSettings | None = None,
     async def predict(data: bytes, threshold: float) -> RemovalResult:
         rgb = await off_loop(decode_checked, data, settings.max_pixels)
         del data
-        masks, ious = await batcher.submit(rgb)
+        try:
+            masks, ious = await batcher.submit(rgb)
+        except InferenceOutOfMemory:
+            raise ApiError(503, "out_of_memory", "the model ran out of memory on this batch; "
+                           "retry shortly", {"Retry-After": str(OOM_RETRY_AFTER_S)}) from None
         # compositing a full-size cut-out is pixel work: never on the event loop
         return await off_loop(remover.result, rgb, masks, ious, threshold)
 
@@ -265,7 +281,8 @@ def create_app(settings: ServerSettings | None = None,
             "runtime": _runtime(remover),
             "in_flight": gate.admitted,
             "batches": {"count": stats.batches, "images": stats.images,
-                        "largest": stats.largest, "failures": stats.failures},
+                        "largest": stats.largest, "failures": stats.failures,
+                        "out_of_memory": stats.out_of_memory},
         }
 
     @app.get("/v1/models", tags=["models"], responses=_ERRORS,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import sys
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -23,6 +24,56 @@ Prediction = tuple[np.ndarray, np.ndarray]
 PredictFn = Callable[[Sequence[np.ndarray]], list[Prediction]]
 
 
+class InferenceOutOfMemory(RuntimeError):
+    """The forward pass ran out of (GPU) memory. Carries no traceback of the failed pass, whose
+    frames held the batch's tensors; a later retry can succeed."""
+
+
+def _is_out_of_memory(err: BaseException) -> bool:
+    if isinstance(err, MemoryError):
+        return True
+    torch = sys.modules.get("torch")  # never import torch for an ONNX-only server
+    kinds = tuple(k for k in (getattr(torch, "OutOfMemoryError", None),
+                              getattr(getattr(torch, "cuda", None), "OutOfMemoryError", None))
+                  if isinstance(k, type))
+    return bool(kinds) and isinstance(err, kinds)
+
+
+def _release_cached_memory() -> None:
+    """Hand the CUDA caching allocator's free blocks back to the driver (no-op without CUDA)."""
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        torch.cuda.empty_cache()
+
+
+def batch_buckets(max_batch: int) -> tuple[int, ...]:
+    """The batch sizes a compiled model runs at: powers of two below ``max_batch``, then it.
+
+    ``torch.compile(dynamic=False)`` compiles once per input shape and gives up (eager) after
+    8 of them, so the batches of a compiled server are padded up to these few sizes
+    (:func:`padded`), all compiled before the first request (:meth:`MicroBatcher.warm_up`).
+    """
+    sizes, size = [], 1
+    while size < max_batch:
+        sizes.append(size)
+        size *= 2
+    return (*sizes, max_batch)
+
+
+def padded(predict: PredictFn, sizes: Sequence[int]) -> PredictFn:
+    """``predict`` on batches padded (the last image repeated) to the next of ``sizes``;
+    the padding's results are dropped."""
+    ordered = sorted(sizes)
+
+    def run(images: Sequence[np.ndarray]) -> list[Prediction]:
+        n = len(images)
+        size = next((s for s in ordered if s >= n), n)
+        outputs = predict([*images, *[images[-1]] * (size - n)])
+        return list(outputs[:n])
+
+    return run
+
+
 @dataclass
 class BatchStats:
     """Counters exposed on ``/healthz``; ``largest`` shows whether batching ever happened."""
@@ -31,6 +82,7 @@ class BatchStats:
     images: int = 0
     largest: int = 0
     failures: int = 0
+    out_of_memory: int = 0
     sizes: dict[int, int] = field(default_factory=dict)
 
     def record(self, size: int) -> None:
@@ -86,6 +138,22 @@ class MicroBatcher:
                 item.future.set_exception(RuntimeError("server is shutting down"))
         self._executor.shutdown(wait=True, cancel_futures=True)
 
+    async def warm_up(self, image: np.ndarray, sizes: Sequence[int]) -> dict[int, float]:
+        """Run one batch of each size on the inference thread; seconds per size.
+
+        For ``torch.compile``: it compiles on the first batch of each shape (tens of seconds
+        each on CPU), which must happen at start-up, not inside the request-timeout budget of
+        the first requests. Call after :meth:`start`, before serving.
+        """
+        loop = asyncio.get_running_loop()
+        seconds: dict[int, float] = {}
+        for size in sizes:
+            start = time.perf_counter()
+            await loop.run_in_executor(self._executor, self.predict, [image] * size)
+            seconds[size] = time.perf_counter() - start
+            log.info("warm-up: batch of %d took %.1f s", size, seconds[size])
+        return seconds
+
     async def submit(self, image: np.ndarray) -> Prediction:
         """Queue one RGB image and wait for its ``(masks, ious)``."""
         if self._queue is None:
@@ -116,6 +184,7 @@ class MicroBatcher:
             items = await self._collect()
             if not items:
                 continue
+            failure: Exception | None = None
             try:
                 outputs = await loop.run_in_executor(
                     self._executor, self.predict, [item.image for item in items])
@@ -123,11 +192,26 @@ class MicroBatcher:
                     raise RuntimeError(f"predict returned {len(outputs)} results for "
                                        f"{len(items)} images")
             except Exception as err:  # a failed batch fails its requests, never the server
-                log.exception("inference failed for a batch of %d", len(items))
+                if _is_out_of_memory(err):
+                    # The traceback's frames hold the batch's (GPU) tensors: drop it, so that
+                    # the memory can be given back below, and keep no copy in the log.
+                    err.__traceback__ = None
+                    failure = InferenceOutOfMemory(
+                        f"out of memory on a batch of {len(items)}: "
+                        f"{str(err).splitlines()[0][:200] if str(err) else type(err).__name__}")
+                else:
+                    log.exception("inference failed for a batch of %d", len(items))
+                    failure = err
+            if failure is not None:
                 self.stats.failures += 1
+                if isinstance(failure, InferenceOutOfMemory):
+                    self.stats.out_of_memory += 1
+                    log.warning("%s; answering 503 and releasing cached memory", failure)
+                    _release_cached_memory()
                 for item in items:
                     if not item.future.done():
-                        item.future.set_exception(err)
+                        item.future.set_exception(failure)
+                failure = None
                 continue
             self.stats.record(len(items))
             for item, output in zip(items, outputs, strict=True):

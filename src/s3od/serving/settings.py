@@ -26,7 +26,8 @@ class ServerSettings(BaseModel):
     threads: int | None = Field(None, ge=1, description="torch intra-op threads; None = torch's.")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
         "auto", description="Inference precision; auto = bf16/fp16 where the device is fast.")
-    compile: bool = Field(False, description="torch.compile the model at start-up.")
+    compile: bool = Field(False, description="torch.compile the model; every batch shape is "
+                          "compiled at start-up (batches padded to powers of two).")
 
     max_batch: int = Field(1, ge=1, le=64, description="Images per forward pass.")
     batch_window_ms: float = Field(10.0, ge=0, le=10_000,
