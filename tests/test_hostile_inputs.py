@@ -147,3 +147,13 @@ def test_seeded_fuzz_gives_images_or_typed_errors_only():
     assert kinds["decoded"] > FUZZ_COUNT // 10 and kinds["InvalidImageError"] > FUZZ_COUNT // 4
     assert sum(kinds.values()) == FUZZ_COUNT
     assert fuzz_cases(3) == fuzz_cases(3)  # seeded: the same cases every run
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (1, 40), (40, 1)])
+def test_edge_refinement_survives_degenerate_shapes(shape):
+    pytest.importorskip("pymatting", reason="the [edges] extra is not installed")
+    from s3od.refine.foreground import defringe
+
+    rgba = np.full((*shape, 4), 128, np.uint8)
+    changed = defringe(rgba)  # pymatting alone divides by zero on a 1x1 image
+    assert changed == (0 if shape == (1, 1) else rgba.shape[0] * rgba.shape[1])

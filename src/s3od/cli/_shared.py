@@ -39,14 +39,25 @@ class Summary:
     done: int = 0
     skipped: int = 0
     failed: list[tuple[str, str]] = field(default_factory=list)
+    #: the signal number that stopped the run early (SIGINT, SIGTERM), if one did
+    interrupted: int | None = None
 
     def report(self, total: int) -> None:
         """Counts, then one line per failure (stderr)."""
+        from rich.markup import escape
+
         console.print(f"[green]done {self.done}[/], skipped {self.skipped}, "
                       f"[{'red' if self.failed else 'green'}]failed {len(self.failed)}[/] "
                       f"of {total}")
         for source, reason in self.failed:
-            console.print(f"  [red]x[/] {source}: {reason}")
+            console.print(f"  [red]x[/] {escape(source)}: {escape(reason)}")
+        if self.interrupted is not None:
+            import signal
+
+            left = total - self.done - self.skipped - len(self.failed)
+            console.print(f"[red]interrupted ({signal.Signals(self.interrupted).name})[/]: "
+                          f"{left} not started; finished outputs are complete (rerun with "
+                          "--skip-existing to do the rest)")
 
 
 @dataclass(frozen=True)

@@ -7,8 +7,14 @@ and runs photos, videos or a stdin/stdout stream, and the :class:`Summary` repor
 
 from __future__ import annotations
 
+import errno
 import glob
+import os
+import signal
 import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -24,38 +30,109 @@ from s3od.cli._shared import (
     open_remover,
     parse_color_option,
 )
-from s3od.cli.app import app, fail, progress_bar
+from s3od.cli.app import app, console, fail, progress_bar
 
 if TYPE_CHECKING:
     from s3od.refine import RefineConfig
     from s3od.remover import Remover
 
 
-def _expand(inputs: list[str]) -> list[tuple[Path, Path | None]]:
-    """Inputs -> (file, root folder or None). Folders recurse; globs expand."""
-    out: list[tuple[Path, Path | None]] = []
+#: --all-masks writes ``<name>.mask<i>.png`` for i below this (models have 3 to 6 candidates).
+MAX_MASK_FILES = 16
+
+
+@dataclass
+class Inputs:
+    """What the inputs expand to: (file, root folder or None) pairs, entries that cannot be
+    read (symlink loops, broken links; reported as failed) and symlinked folders (not followed,
+    reported)."""
+
+    files: list[tuple[Path, Path | None]] = field(default_factory=list)
+    unreadable: list[tuple[Path, str]] = field(default_factory=list)
+    unfollowed: list[Path] = field(default_factory=list)
+
+
+def _link_problem(path: Path) -> str | None:
+    """Why a symlink cannot be followed, or None when it can."""
+    try:
+        os.stat(path)
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            return "symlink loop"
+        return f"broken symlink ({err.strerror or err})"
+    return None
+
+
+def _walk(root: Path, skip: Path | None, found: Inputs) -> None:
+    """Images under ``root`` (symlinked folders are listed, not followed), minus ``skip``."""
+    for path in sorted(root.rglob("*")):
+        if skip is not None and path.is_relative_to(skip):
+            continue  # our own output folder inside the input folder: never an input
+        if path.is_symlink():
+            problem = _link_problem(path)
+            if problem == "symlink loop" or (problem and path.suffix.lower() in IMAGE_SUFFIXES):
+                found.unreadable.append((path, problem))
+                continue
+            if path.is_dir():
+                found.unfollowed.append(path)
+                continue
+        if path.suffix.lower() in IMAGE_SUFFIXES and path.is_file():
+            found.files.append((path, root))
+
+
+def _expand(inputs: list[str], output: Path | None = None) -> Inputs:
+    """Inputs -> files with their root folder. Folders recurse; globs expand."""
+    found = Inputs()
     for item in inputs:
         path = Path(item)
         if path.is_dir():
-            files = sorted(p for p in path.rglob("*")
-                           if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-            out.extend((p, path) for p in files)
+            skip = None
+            if output is not None and _inside(output, path):  # as rglob spells paths
+                skip = path / output.resolve().relative_to(path.resolve())
+            _walk(path, skip, found)
         elif path.exists():
-            out.append((path, None))
+            found.files.append((path, None))
+        elif path.is_symlink():
+            raise fail(f"cannot read {item}: {_link_problem(path)}")
         elif any(ch in item for ch in "*?["):
             matches = sorted(Path(p) for p in glob.glob(item, recursive=True))
             if not matches:
                 raise fail(f"no files match {item!r}")
-            out.extend((p, None) for p in matches if p.is_file())
+            found.files.extend((p, None) for p in matches if p.is_file())
         else:
             raise fail(f"input not found: {item}")
-    return out
+    return found
 
 
-def _photo_jobs(inputs: list[str], output: Path | None, suffix: str) -> list[Job]:
-    """Where each photo's output goes: ``-o file`` for one file, else mirrored folders."""
-    files = _expand(inputs)
+def _key(path: Path) -> str:
+    """A path as the file system compares it (resolved; case folded, as on macOS/Windows)."""
+    return os.path.normcase(str(path.resolve())).casefold()
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    try:
+        path.resolve().relative_to(folder.resolve())
+    except ValueError:
+        return False
+    return True
+
+
+def _photo_jobs(inputs: list[str], output: Path | None, suffix: str) -> tuple[list[Job], Inputs]:
+    """Where each photo's output goes: ``-o file`` for one file, else mirrored folders.
+
+    Refuses (before anything runs) any output that would overwrite an input or land in an input
+    folder itself; inputs that would share an output name (``a.jpg`` and ``a.png``) get
+    distinct names (``a_jpg.png``, ``a_png.png``), which are reported.
+    """
+    found = _expand(inputs, output)
+    files = found.files
     single = len(files) == 1 and len(inputs) == 1 and not Path(inputs[0]).is_dir()
+    if output is not None and not (single and output.suffix):
+        for item in inputs:
+            if Path(item).is_dir() and _key(Path(item)) == _key(output):
+                raise fail(f"-o {output} is the input folder: the cut-outs would mix with the "
+                           "originals (and replace any with the same name); choose another "
+                           "folder")
     jobs = []
     for src, root in files:
         if single and output is not None and output.suffix:
@@ -68,7 +145,71 @@ def _photo_jobs(inputs: list[str], output: Path | None, suffix: str) -> list[Job
                 f"{rel.stem}_nobg{suffix}")
             target = base / name
         jobs.append(Job(src, target))
-    return jobs
+    _distinct_targets(jobs)
+    sources = {_key(job.source): job.source for job in jobs}
+    for job in jobs:
+        if _key(job.target) in sources:
+            raise fail(f"{job.source}: its output {job.target} would overwrite the input "
+                       f"{sources[_key(job.target)]}; choose another -o")
+    return jobs, found
+
+
+def _distinct_targets(jobs: list[Job]) -> None:
+    """Give inputs that would write the same file distinct names, or refuse; report renames."""
+    from rich.markup import escape
+
+    groups: dict[str, list[Job]] = {}
+    for job in jobs:
+        groups.setdefault(_key(job.target), []).append(job)
+    for group in groups.values():
+        if len(group) < 2:
+            continue
+        before = group[0].target
+        for job in group:
+            ext = job.source.suffix.lower().lstrip(".") or "noext"
+            job.target = job.target.with_name(f"{job.target.stem}_{ext}{job.target.suffix}")
+        console.print(f"[yellow]note:[/] {len(group)} inputs would all write "
+                      f"{escape(str(before))}; writing "
+                      + ", ".join(f"{escape(j.source.name)} -> {escape(j.target.name)}"
+                                  for j in group))
+    seen: dict[str, Job] = {}
+    for job in jobs:
+        other = seen.setdefault(_key(job.target), job)
+        if other is not job:
+            raise fail(f"{other.source} and {job.source} would both write {job.target}; run "
+                       "them separately or rename one")
+
+
+def mask_path(target: Path, index: int) -> Path:
+    """Where ``--all-masks`` writes candidate ``index`` of ``target``: stable across runs (the
+    predicted IoU is in the PNG's ``s3od:iou`` text field, not the name)."""
+    return target.with_name(f"{target.stem}.mask{index}.png")
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGTERM, handled like Ctrl-C (SIGINT)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+@contextmanager
+def _sigterm_like_sigint() -> Iterator[None]:
+    """``kill``, ``docker stop`` and systemd stop a run the way Ctrl-C does: the file being
+    written is removed, finished outputs stay, the summary is printed."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum: int, _frame: Any) -> None:
+        raise Interrupted(signum)
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 @dataclass
@@ -91,6 +232,8 @@ class RemovePlan:
     skip_existing: bool = False
     temporal_smoothing: float = 0.0
     audio: bool = True
+    max_pixels: int | None = None
+    inputs: Inputs = field(default_factory=Inputs)
 
     @property
     def removal_options(self) -> dict[str, Any]:
@@ -120,7 +263,8 @@ def remove(
         help="zlib level of PNG outputs: 1 encodes cut-outs ~2.4x faster than 6 (PIL's "
              "default) for ~12% more bytes (benchmarks/png_encode.py); 9 for the smallest."),
     all_masks: bool = typer.Option(False, "--all-masks",
-                                   help="Also write every candidate mask, named by its IoU."),
+                                   help="Also write every candidate mask as NAME.mask<i>.png "
+                                        "(its predicted IoU in the PNG's s3od:iou field)."),
     batch_size: int = typer.Option(4, min=1, help="Images per forward pass."),
     precision: str = typer.Option(
         "auto", help="auto, fp32, bf16 or fp16. auto: bf16 on CPUs with AMX/AVX512-BF16 and "
@@ -130,6 +274,10 @@ def remove(
     skip_existing: bool = typer.Option(False, "--skip-existing",
                                        help="Skip inputs whose output already exists."),
     threshold: float = typer.Option(0.5, min=0.0, max=1.0, help="Threshold used by --crop."),
+    max_pixels: int = typer.Option(
+        None, min=1, help="Refuse photos with more pixels, read from the header before "
+                          "decoding (decompression bombs). [178000000: every camera up to "
+                          "150 MP]; raise it for larger panoramas."),
     refine: str = typer.Option("none", "--refine",
                                help="Edges: none, guided (fast guided filter) or matting "
                                     "(trimap matting, needs s3od\\[edges])."),
@@ -169,13 +317,21 @@ def remove(
         fmt=fmt, png_compression=png_compression, all_masks=all_masks, batch_size=batch_size,
         skip_existing=skip_existing, threshold=threshold, refine=refine,
         fg_estimate=fg_estimate, matting_budget=matting_budget,
-        temporal_smoothing=temporal_smoothing, audio=audio)
-    remover = open_remover(model, device=device, image_size=image_size, precision=precision,
-                           compile=compile_model)
-    summary = run_removal(plan, remover)
+        temporal_smoothing=temporal_smoothing, audio=audio, max_pixels=max_pixels)
+    with _sigterm_like_sigint():
+        try:
+            remover = open_remover(model, device=device, image_size=image_size,
+                                   precision=precision, compile=compile_model)
+            summary = run_removal(plan, remover)
+        except KeyboardInterrupt as err:  # before any photo ran, or a video / stream
+            signum = err.signum if isinstance(err, Interrupted) else signal.SIGINT
+            console.print(f"[red]interrupted ({signal.Signals(signum).name})[/]")
+            raise typer.Exit(128 + signum) from None
     if summary is None:  # a stdin/stdout stream: the bytes are the report
         return
-    summary.report(len(plan.jobs))
+    summary.report(len(plan.jobs) + len(plan.inputs.unreadable))
+    if summary.interrupted is not None:
+        raise typer.Exit(128 + summary.interrupted)
     if summary.failed:
         raise typer.Exit(1)
 
@@ -184,14 +340,15 @@ def plan_removal(inputs: list[str], output: Path | None, *, mask_only: bool,
                  bg_color: str | None, bg_image: Path | None, crop: bool, fmt: str,
                  png_compression: int, all_masks: bool, batch_size: int, skip_existing: bool,
                  threshold: float, refine: str, fg_estimate: bool | None,
-                 matting_budget: float, temporal_smoothing: float, audio: bool) -> RemovePlan:
+                 matting_budget: float, temporal_smoothing: float, audio: bool,
+                 max_pixels: int | None = None) -> RemovePlan:
     """Check the options and list the jobs; every refusal happens here, before any loading."""
     from s3od.refine import RefineConfig
 
     fmt = fmt.lower()
     if fmt not in ("png", "webp"):
         raise fail(f"--format must be png or webp, got {fmt!r}")
-    rendering = Rendering(mask_only, _background(bg_color, bg_image), crop)
+    rendering = Rendering(mask_only, _background(bg_color, bg_image, max_pixels), crop)
     try:
         config = RefineConfig(mode=refine.lower(), time_budget_s=matting_budget)
     except ValueError as err:
@@ -207,7 +364,8 @@ def plan_removal(inputs: list[str], output: Path | None, *, mask_only: bool,
         image_format="WEBP" if fmt == "webp" else "PNG",
         save_kwargs={"lossless": True} if fmt == "webp" else {"compress_level": png_compression},
         all_masks=all_masks, batch_size=batch_size, threshold=threshold,
-        skip_existing=skip_existing, temporal_smoothing=temporal_smoothing, audio=audio)
+        skip_existing=skip_existing, temporal_smoothing=temporal_smoothing, audio=audio,
+        max_pixels=max_pixels)
     if videos:
         if len(videos) != len(inputs):
             raise fail("videos and images cannot be mixed in one call; run them separately")
@@ -221,15 +379,23 @@ def plan_removal(inputs: list[str], output: Path | None, *, mask_only: bool,
         raise fail("'-' (stdin) cannot be combined with other inputs")
     plan.stdout = output == Path("-") or (plan.stdin and output is None)
     if not plan.stdin:
-        plan.jobs = _photo_jobs(inputs, None if output == Path("-") else output, f".{fmt}")
-        if not plan.jobs:
+        plan.jobs, plan.inputs = _photo_jobs(inputs, None if output == Path("-") else output,
+                                             f".{fmt}")
+        if plan.inputs.unfollowed:
+            from rich.markup import escape
+
+            console.print(f"[yellow]note:[/] not following {len(plan.inputs.unfollowed)} "
+                          "symlinked folder(s): " + ", ".join(
+                              escape(str(p)) for p in plan.inputs.unfollowed[:5]))
+        if not plan.jobs and not plan.inputs.unreadable:
             raise fail("no images found in the given inputs")
         if plan.stdout and len(plan.jobs) != 1:
             raise fail("'-o -' (stdout) needs exactly one input")
     return plan
 
 
-def _background(bg_color: str | None, bg_image: Path | None) -> Any:
+def _background(bg_color: str | None, bg_image: Path | None,
+                max_pixels: int | None = None) -> Any:
     """``--bg-color`` or ``--bg-image`` as what :meth:`RemovalResult.render` composites over."""
     if bg_color is not None and bg_image is not None:
         raise fail("give --bg-color or --bg-image, not both")
@@ -241,7 +407,7 @@ def _background(bg_color: str | None, bg_image: Path | None) -> Any:
     from s3od.imageio import load_image
 
     try:
-        return Image.fromarray(load_image(bg_image))
+        return Image.fromarray(load_image(bg_image, **_limit(max_pixels)))
     except S3ODError as err:
         raise fail(f"--bg-image: {err}") from None
 
@@ -261,6 +427,11 @@ def run_removal(plan: RemovePlan, remover: Remover) -> Summary | None:
     return _run_jobs(plan, remover)
 
 
+def _limit(max_pixels: int | None) -> dict[str, int]:
+    """``load_image`` keyword for ``--max-pixels`` (the library default when not given)."""
+    return {} if max_pixels is None else {"max_pixels": max_pixels}
+
+
 def _has_pymatting() -> bool:
     import importlib.util
 
@@ -270,11 +441,12 @@ def _has_pymatting() -> bool:
 def _run_stream(plan: RemovePlan, remover: Remover) -> None:
     """One image from stdin or a file, to stdout or a file."""
     from s3od.errors import S3ODError
-    from s3od.imageio import encode_image, save_image_atomic
+    from s3od.imageio import encode_image, load_image, save_image_atomic
 
     source: Any = sys.stdin.buffer.read() if plan.stdin else plan.jobs[0].source
     try:
-        result = remover.remove_background(source, plan.threshold, **plan.removal_options)
+        rgb = load_image(source, **_limit(plan.max_pixels))
+        result = remover.remove_background(rgb, plan.threshold, **plan.removal_options)
     except S3ODError as err:
         raise fail(f"{'stdin' if plan.stdin else source}: {err}", 1) from None
     image = plan.rendering(result)
@@ -288,10 +460,24 @@ def _run_stream(plan: RemovePlan, remover: Remover) -> None:
 
 def _run_jobs(plan: RemovePlan, remover: Remover) -> Summary:
     """Photos in batches of ``plan.batch_size``; a bad file or batch is recorded, not fatal."""
+    from PIL import PngImagePlugin
+    from rich.markup import escape
+
     from s3od.errors import S3ODError
-    from s3od.imageio import load_image, save_image_atomic
+    from s3od.imageio import load_image, save_image_atomic, stale_temp_files
 
     summary = Summary()
+    summary.failed.extend((str(p), reason) for p, reason in plan.inputs.unreadable)
+    ours = [job.target for job in plan.jobs]
+    if plan.all_masks:
+        ours += [mask_path(job.target, i) for job in plan.jobs for i in range(MAX_MASK_FILES)]
+    stale = stale_temp_files(ours)
+    for path in stale:
+        path.unlink(missing_ok=True)
+    if stale:
+        console.print(f"[yellow]note:[/] removed {len(stale)} temp file(s) an interrupted run "
+                      "left: " + ", ".join(escape(p.name) for p in stale[:5])
+                      + (" ..." if len(stale) > 5 else ""))
     todo = []
     for job in plan.jobs:
         if plan.skip_existing and job.target.exists():
@@ -300,43 +486,52 @@ def _run_jobs(plan: RemovePlan, remover: Remover) -> Summary:
             todo.append(job)
 
     def save(job: Job, result: Any) -> None:
-        save_image_atomic(plan.rendering(result), job.target, format=plan.image_format,
-                          **plan.save_kwargs)
-        if plan.all_masks:
+        if plan.all_masks:  # masks first: an existing cut-out means its masks are complete
             from s3od.compose import mask_image
 
             for i, (mask, iou) in enumerate(zip(result.all_masks, result.all_ious, strict=True)):
-                name = f"{job.target.stem}.mask{i}_iou{iou:.3f}.png"
-                save_image_atomic(mask_image(mask), job.target.with_name(name), format="PNG",
+                info = PngImagePlugin.PngInfo()
+                info.add_text("s3od:iou", f"{float(iou):.4f}")
+                info.add_text("s3od:best", str(i == result.best_index).lower())
+                save_image_atomic(mask_image(mask), mask_path(job.target, i), format="PNG",
+                                  pnginfo=info,
                                   compress_level=plan.save_kwargs.get("compress_level", 1))
+        save_image_atomic(plan.rendering(result), job.target, format=plan.image_format,
+                          **plan.save_kwargs)
         summary.done += 1
 
-    with progress_bar(disable=len(todo) < 2) as progress:
-        task = progress.add_task("removing backgrounds", total=len(todo))
-        for start in range(0, len(todo), plan.batch_size):
-            chunk, arrays = [], []
-            for job in todo[start:start + plan.batch_size]:
+    try:
+        with progress_bar(disable=len(todo) < 2) as progress:
+            task = progress.add_task("removing backgrounds", total=len(todo))
+            for start in range(0, len(todo), plan.batch_size):
+                chunk, arrays = [], []
+                for job in todo[start:start + plan.batch_size]:
+                    try:
+                        arrays.append(load_image(job.source, **_limit(plan.max_pixels)))
+                        chunk.append(job)
+                    except S3ODError as err:
+                        summary.failed.append((str(job.source), str(err)))
+                        progress.advance(task)
+                if not chunk:
+                    continue
+                finished = 0
                 try:
-                    arrays.append(load_image(job.source))
-                    chunk.append(job)
-                except S3ODError as err:
-                    summary.failed.append((str(job.source), str(err)))
-                    progress.advance(task)
-            if not chunk:
-                continue
-            try:
-                results = remover.remove_arrays(arrays, plan.threshold, **plan.removal_options)
-            except Exception as err:  # one bad batch must not lose the rest of the run
-                for job in chunk:
-                    summary.failed.append((str(job.source), f"inference failed: {err}"))
-                progress.advance(task, len(chunk))
-                continue
-            for job, result in zip(chunk, results, strict=True):
-                try:
-                    save(job, result)
-                except OSError as err:
-                    summary.failed.append((str(job.source), f"cannot write {job.target}: {err}"))
-                progress.advance(task)
+                    results = remover.remove_arrays(arrays, plan.threshold,
+                                                    **plan.removal_options)
+                    for job, result in zip(chunk, results, strict=True):
+                        try:
+                            save(job, result)
+                        except (OSError, ValueError) as err:
+                            summary.failed.append((str(job.source),
+                                                   f"cannot write {job.target}: {err}"))
+                        finished += 1
+                        progress.advance(task)
+                except Exception as err:  # one bad batch must not lose the rest of the run
+                    for job in chunk[finished:]:
+                        summary.failed.append((str(job.source), f"inference failed: {err}"))
+                    progress.advance(task, len(chunk) - finished)
+    except KeyboardInterrupt as err:  # Ctrl-C, or SIGTERM through _sigterm_like_sigint
+        summary.interrupted = err.signum if isinstance(err, Interrupted) else signal.SIGINT
     return summary
 
 

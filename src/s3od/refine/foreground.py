@@ -52,6 +52,9 @@ def defringe(rgba: np.ndarray, *, tile: int = 256, margin: int = 16,
     for rows, cols in soft_tiles(alpha, tile):
         ys = slice(max(0, rows.start - margin), min(h, rows.stop + margin))
         xs = slice(max(0, cols.start - margin), min(w, cols.stop + margin))
+        if (ys.stop - ys.start) * (xs.stop - xs.start) < 2:
+            continue  # a lone pixel (a 1x1 image): no neighbours to estimate from; pymatting's
+            # multilevel solver divides by zero there
         image = rgba[ys, xs, :3].astype(np.float64) / 255.0
         a = alpha[ys, xs].astype(np.float64) / 255.0
         with quiet_solver():
