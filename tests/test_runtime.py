@@ -313,6 +313,7 @@ def test_compiled_model_matches_eager(stand_ins):
     assert compiled._forward.seconds  # the compile time was recorded
 
 
+@pytest.mark.gpu  # part of the GPU suite (docs/gpu.md): pytest -m gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 @pytest.mark.parametrize("precision", ["auto", "fp16", "bf16"])
 def test_cuda_precisions_agree_with_fp32(stand_ins, precision):
