@@ -102,6 +102,8 @@ def test_output_into_the_input_folder_is_refused_before_anything_runs(tmp_path,
     for out in (photos, photos / ".", tmp_path / "alias"):
         code, text = remove(tiny_lite_checkpoint, str(photos), "-o", str(out))
         assert code == 2 and "is the input folder" in text, text
+    code, text = remove(tiny_lite_checkpoint, str(photos), "-o", str(photos), "--ray", "local")
+    assert code == 2 and "is the input folder" in text, text
     assert snapshot(photos) == before
 
 

@@ -49,6 +49,13 @@ def remove_on_ray(
     if all_masks or bg_image is not None or fg_estimate or refine.lower() != "none":
         raise fail("--all-masks, --bg-image, --refine and --fg-estimate are not supported "
                    "with --ray")
+    if "://" not in str(output):
+        for item in inputs:
+            if "://" not in item and Path(item).is_dir() and (
+                    Path(item).resolve() == Path(output).resolve()):
+                raise fail(f"-o {output} is the input folder: the outputs would mix with the "
+                           "originals (and replace any with the same name); choose another "
+                           "folder")
     color = parse_color_option(bg_color)
     try:
         from s3od.bulk.pipeline import RenderOptions, remove_backgrounds_ray
