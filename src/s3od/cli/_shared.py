@@ -56,7 +56,7 @@ class Summary:
 
             left = total - self.done - self.skipped - len(self.failed)
             console.print(f"[red]interrupted ({signal.Signals(self.interrupted).name})[/]: "
-                          f"{left} not started; finished outputs are complete (rerun with "
+                          f"{left} not done; every written output is complete (rerun with "
                           "--skip-existing to do the rest)")
 
 
