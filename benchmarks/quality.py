@@ -54,6 +54,7 @@ from typing import Any
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/common.py
 SHARED = REPO.parent / "shared"
 SPLIT_FILE = REPO / "src" / "synth_sod" / "model_training" / "splits" / "lite_eval_bsds300.txt"
 BUNDLED = REPO / "src" / "s3od" / "weights" / "s3od-lite.safetensors"
@@ -148,6 +149,32 @@ class MapPredictor:
 
     def remove_backgrounds(self, images: list[np.ndarray], batch_size: int = 1) -> list[_Mask]:
         return [_Mask(self.fn(rgb)) for rgb in images]
+
+
+class TeacherPredictor(MapPredictor):
+    """An ONNX saliency model (rembg's U²-Net family) through the pseudo-label step's teacher:
+    the same preprocessing rembg applies, optionally averaged with its mirror image."""
+
+    def __init__(self, name: str, path: Path, flip: bool = False) -> None:
+        from synth_sod.data_generation.pseudo_label import TTA, OnnxTeacher, label_image
+
+        teacher = OnnxTeacher(path)
+        tta = TTA(flip=flip)
+        super().__init__(name, lambda rgb: label_image(teacher, rgb, tta)[0])
+        self.path = path
+        self.flip = flip
+
+
+def parse_teacher(spec: str) -> tuple[str, Path, bool]:
+    """``NAME=path/to/model.onnx`` or ``NAME=path@flip`` -> (name, path, flip)."""
+    if "=" not in spec:
+        raise SystemExit(f"--onnx-teacher wants NAME=path.onnx[@flip], got {spec!r}")
+    name, rest = spec.split("=", 1)
+    flip = rest.endswith("@flip")
+    path = Path(rest[:-5] if flip else rest)
+    if not path.is_file():
+        raise SystemExit(f"--onnx-teacher {name}: {path} not found")
+    return name, path, flip
 
 
 # ----------------------------------------------------------------------------- data
@@ -322,8 +349,101 @@ def pipeline_checks(remover: Any, images: list[np.ndarray], masks: list[np.ndarr
         "picked": np.bincount(picked, minlength=per.shape[1]).tolist(),
         "oracle": float(per.max(axis=1).mean()),
         "score_iou_corr": float(np.corrcoef(scores.ravel(), per.ravel())[0, 1]),
+        # The pick counts as right when its IoU equals the best one (ties included).
+        "picks_best": float(np.mean(per[np.arange(len(per)), picked] >= per.max(axis=1))),
     }
     return out, candidates
+
+
+# ----------------------------------------------------------------------------- speed
+
+
+def speed_worker(job: dict[str, Any]) -> dict[str, Any]:
+    """One method in a fresh process: load it, warm up, time photo file -> mask at photo size.
+
+    End to end per photo, batch 1, as a user running one photo at a time sees it: decoding
+    the file, preprocessing, the network, resizing the mask back. Peak RSS is the process's.
+    """
+    from common import peak_rss_mb
+
+    from s3od.imageio import load_image
+
+    start = time.perf_counter()
+    if job["kind"] == "teacher":
+        predictor = TeacherPredictor(job["name"], Path(job["model"]), job.get("flip", False))
+
+        def run(path: str) -> np.ndarray:
+            return predictor.fn(load_image(path))
+    else:
+        from s3od import load_remover
+
+        remover = load_remover(job["model"], precision=job.get("precision", "fp32"),
+                               device="cpu", image_size=job.get("size"))
+
+        def run(path: str) -> np.ndarray:
+            return remover.remove_background(load_image(path)).predicted_mask
+    load_s = time.perf_counter() - start
+    paths = job["images"]
+    for path in paths[:2]:  # warm-up: lazy initialisation, allocator, oneDNN primitives
+        run(path)
+    times = []
+    for path in paths:
+        t0 = time.perf_counter()
+        mask = run(path)
+        times.append(time.perf_counter() - t0)
+        assert mask.ndim == 2
+    return {"median_s": float(np.median(times)), "mean_s": float(np.mean(times)),
+            "load_s": load_s, "peak_rss_mb": peak_rss_mb(), "n": len(times)}
+
+
+def speed_table(jobs: list[tuple[str, dict[str, Any], Path]], baseline: str | None,
+                ) -> tuple[str, dict[str, Any]]:
+    """Run every job in its own process, one after the other; markdown table and raw rows."""
+    from common import run_worker
+
+    rows = {}
+    for label, job, _ in jobs:
+        print(f"speed: {label} ...", file=sys.stderr, flush=True)
+        rows[label] = run_worker(Path(__file__), job, timeout=1800)
+    base = rows.get(baseline or "", {}).get("median_s")
+    out = ["| Method | weights MB | ms / photo (median) | photos / s | "
+           f"x faster than {baseline or '-'} | load s | peak RSS MB |",
+           "|:--|--:|--:|--:|--:|--:|--:|"]
+    for label, _, weights in jobs:
+        r = rows[label]
+        size_mb = weights.stat().st_size / 1e6 if weights.is_file() else float("nan")
+        if "error" in r:
+            out.append(f"| {label} | {size_mb:.1f} | failed: {r['error']} | | | | |")
+            continue
+        ratio = f"{base / r['median_s']:.2f}" if base else ""
+        out.append(f"| {label} | {size_mb:.1f} | {1000 * r['median_s']:.1f} | "
+                   f"{1 / r['median_s']:.1f} | {ratio} | {r['load_s']:.2f} | "
+                   f"{r['peak_rss_mb']:.0f} |")
+    return "\n".join(out), rows
+
+
+def speed_jobs(spec: str, teachers: list[tuple[str, Path, bool]], images: list[str],
+               size: int, folder: Path) -> list[tuple[str, dict[str, Any], Path]]:
+    """Our headline model on PyTorch (``s3od remove``'s default precision, auto) and exported
+    to ONNX Runtime, and every ONNX teacher, on the same photos."""
+    from s3od.export import export_onnx
+
+    model_id = "s3od-lite" if spec == "bundled" else spec.split("=", 1)[-1]
+    weights = BUNDLED if spec == "bundled" else Path(model_id)
+    onnx_path = folder / "ours.onnx"
+    export_onnx(model_id, onnx_path, image_size=size)
+    label = spec.split("=", 1)[0] if "=" in spec else "s3od-lite"
+    jobs = [
+        (f"{label} @{size}, PyTorch (precision auto)",
+         {"kind": "s3od", "model": model_id, "size": size, "precision": "auto",
+          "images": images}, weights),
+        (f"{label} @{size}, ONNX Runtime",
+         {"kind": "s3od", "model": str(onnx_path), "size": size, "images": images}, onnx_path),
+    ]
+    for name, path, flip in teachers:
+        jobs.append((name, {"kind": "teacher", "name": name, "model": str(path), "flip": flip,
+                            "images": images}, path))
+    return jobs
 
 
 # ----------------------------------------------------------------------------- main
@@ -343,6 +463,15 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--no-davis", action="store_true", help="skip the DAVIS/fixture tables")
     parser.add_argument("--no-regressions", action="store_true",
                         help="skip the broken-pipeline rows")
+    parser.add_argument("--onnx-teacher", action="append", default=[],
+                        help="NAME=path.onnx[@flip]: an ONNX saliency model run as rembg runs "
+                             "it (e.g. u2net, u2netp from rembg's wheels); @flip averages its "
+                             "mirror image; repeatable")
+    parser.add_argument("--speed-images", type=int, default=20,
+                        help="photos of the split for the end-to-end speed table (0: skip)")
+    parser.add_argument("--speed-baseline", default="u2netp",
+                        help="ONNX teacher the speed ratios are relative to")
+    parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--out", type=Path, default=REPO / "docs" / "quality.md")
@@ -374,6 +503,9 @@ def _load_models(specs: list[str], sizes: list[int]) -> tuple[list[tuple[str, An
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
+    if args.worker:
+        print(json.dumps(speed_worker(json.loads(args.worker))))
+        return 0
     import torch
 
     from s3od.evaluation import benchmark_model, read_mask
@@ -397,7 +529,11 @@ def main(argv: list[str] | None = None) -> int:
 
     models, model_notes = _load_models(args.model or ["bundled"], sizes)
     ours = models[0][0]
-    methods = models + [(b, MapPredictor(b, BASELINES[b])) for b in baseline_names]
+    teachers = [parse_teacher(t) for t in args.onnx_teacher]
+    methods = (models + [(name, TeacherPredictor(name, path, flip))
+                         for name, path, flip in teachers]
+               + [(b, MapPredictor(b, BASELINES[b])) for b in baseline_names])
+    comparison = [name for name, _, _ in teachers] + baseline_names
 
     results: dict[str, list[dict[str, Any]]] = {"clean": [], "davis2016": [], "s3od-fixture": []}
     per_image: dict[str, list[float]] = {}
@@ -424,6 +560,15 @@ def main(argv: list[str] | None = None) -> int:
             masks = [read_mask(next((clean / "masks").glob(f"{i}.*"))) > 128 for i in ids]
             regressions, candidates = pipeline_checks(models[0][1], images, masks,
                                                       args.batch_size)
+        speed_md, speed_rows = "", {}
+        if args.speed_images:
+            photos = [str(next((clean / "images").glob(f"{i}.*")).resolve())
+                      for i in ids[:args.speed_images]]
+            jobs = speed_jobs((args.model or ["bundled"])[0], teachers, photos, sizes[0],
+                              Path(tmp))
+            speed_md, speed_rows = speed_table(
+                jobs, args.speed_baseline if args.speed_baseline in
+                [t[0] for t in teachers] else None)
     elapsed = time.perf_counter() - started
 
     lines = [
@@ -447,11 +592,11 @@ def main(argv: list[str] | None = None) -> int:
         table(results["clean"]),
         "",
     ]
-    if baseline_names:
+    if comparison:
         lines += [
-            f"### Lead of {ours} over the best baseline per metric",
+            f"### Lead of {ours} over the best other method per metric",
             "",
-            margins(results["clean"], ours, baseline_names),
+            margins(results["clean"], ours, comparison),
             "",
             "### Plain per-image IoU (threshold 0.5, no normalisation) and paired bootstrap",
             "",
@@ -491,7 +636,20 @@ def main(argv: list[str] | None = None) -> int:
             f"| best per image (oracle) | {candidates['oracle']:.3f} | | |",
             "",
             "Correlation of predicted and measured IoU over all candidates: "
-            f"{candidates['score_iou_corr']:.2f}.",
+            f"{candidates['score_iou_corr']:.2f}. The IoU head picks the truly best candidate "
+            f"(or one as good) on {candidates['picks_best']:.0%} of the images.",
+            "",
+        ]
+    if speed_md:
+        lines += [
+            f"## End-to-end speed per photo (first {args.speed_images} photos of the split)",
+            "",
+            "Each method in a fresh process, one photo at a time (batch 1), after two warm-up "
+            "photos: decode the file, preprocess, run the network, mask back at the photo's "
+            "size. ONNX models run on ONNX Runtime's CPU provider with its default threads; "
+            "PyTorch with its default threads. Peak RSS is the whole process's.",
+            "",
+            speed_md,
             "",
         ]
     if results["davis2016"]:
@@ -523,7 +681,8 @@ def main(argv: list[str] | None = None) -> int:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({"ids": ids, "rows": results, "plain_iou": per_image,
                                          "regressions": regressions,
-                                         "candidates": candidates}, indent=1, default=str))
+                                         "candidates": candidates, "speed": speed_rows},
+                                        indent=1, default=str))
     return 0
 
 

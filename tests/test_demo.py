@@ -75,10 +75,30 @@ def test_picker_formats():
 def test_candidates_and_ambiguity():
     result = handmade_result()
     assert candidate_labels(result) == [("#1 IoU 0.200", 0), ("#2 IoU 0.900 (best)", 1)]
-    assert "Ambiguous" in ambiguity_text(result)  # the two candidates do not overlap
+    # The candidates do not overlap, but the head rates #2 far above #1: not ambiguous.
+    assert result.ambiguous and result.assessment().verdict == "clear"
+    assert "clearly prefers #2" in ambiguity_text(result)
     same = RemovalResult(result.all_masks[1], result.all_masks[[1, 1]], result.all_ious,
-                         result.rgba_image, result.image)
+                         result.rgba_image, result.image, best_index=1)
     assert "agree" in ambiguity_text(same)
+
+
+def test_ambiguity_follows_the_iou_head():
+    result = handmade_result()
+
+    def rated(ious):
+        ious = np.asarray(ious, np.float32)
+        best = int(np.argmax(ious))
+        return RemovalResult(result.all_masks[best], result.all_masks, ious,
+                             result.rgba_image, result.image, best)
+
+    close = rated([0.88, 0.9])  # disjoint candidates rated alike: two readings of the photo
+    assert close.assessment().verdict == "ambiguous" and close.assessment().rivals == [0]
+    assert "**Ambiguous:** #2 and #1" in ambiguity_text(close)
+    low = rated([0.2, 0.5])  # the head doubts its own pick
+    assert low.assessment().verdict == "unsure"
+    assert "only 0.50" in ambiguity_text(low)
+    assert rated([0.2, 0.9]).assessment(margin=0.8).verdict == "ambiguous"
 
 
 def test_model_pool_loads_once_and_evicts_oldest():

@@ -13,6 +13,21 @@ from PIL import Image
 
 from s3od import compose
 
+#: Rivals rated within this much predicted IoU of the pick make a photo ambiguous.
+AMBIGUITY_MARGIN = 0.05
+#: A pick rated below this is reported as unsure.
+UNSURE_BELOW = 0.75
+
+
+@dataclass(frozen=True)
+class Assessment:
+    """The IoU head's verdict on one photo (see :meth:`RemovalResult.assessment`)."""
+
+    verdict: str  # "clear", "ambiguous" or "unsure"
+    best_index: int
+    best_score: float
+    rivals: list[int]
+
 
 @dataclass
 class RemovalResult:
@@ -81,6 +96,33 @@ class RemovalResult:
                 if inter / (union + 1e-6) < 0.8:
                     return True
         return False
+
+    def assessment(self, margin: float = AMBIGUITY_MARGIN, unsure_below: float = UNSURE_BELOW,
+                   ) -> Assessment:
+        """What the IoU head says about this photo, for front ends to tell the user.
+
+        ``"unsure"``: the picked candidate's predicted IoU is below ``unsure_below`` (the head
+        doubts its own best mask); ``"ambiguous"``: another candidate disagrees with the pick
+        (IoU < 0.8 at 0.5) yet is rated within ``margin`` of it, so the photo has two readings
+        the model cannot choose between; ``"clear"`` otherwise, including candidates that
+        disagree but are rated clearly lower. Unlike :attr:`ambiguous` (the published rule,
+        masks only) this follows the scores.
+        """
+        best = self.best_index
+        picked = self.all_masks[best] > 0.5
+        rivals = []
+        for i, mask in enumerate(self.all_masks):
+            if i == best:
+                continue
+            other = mask > 0.5
+            union = np.logical_or(picked, other).sum()
+            overlap = np.logical_and(picked, other).sum() / union if union else 1.0
+            if overlap < 0.8 and self.all_ious[best] - self.all_ious[i] <= margin:
+                rivals.append(i)
+        score = float(self.all_ious[best])
+        if score < unsure_below:
+            return Assessment("unsure", best, score, rivals)
+        return Assessment("ambiguous" if rivals else "clear", best, score, rivals)
 
     @classmethod
     def from_candidates(cls, rgb: np.ndarray, masks: np.ndarray, ious: np.ndarray,

