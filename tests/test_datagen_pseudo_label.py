@@ -217,3 +217,21 @@ def test_cli_labels_a_folder_and_reports_bad_input(tmp_path: Path, photos) -> No
     bad_tta = runner.invoke(app, ["pseudo-label", "--image-dir", str(root), "--teacher",
                                   str(teacher), "--output-dir", str(out), "--tta", "rotate"])
     assert bad_tta.exit_code == 2 and "--tta" in bad_tta.output
+
+
+def test_an_s3od_model_is_a_teacher_too(tmp_path: Path, photos, tiny_lite_checkpoint) -> None:
+    """Anything load_remover takes labels photos; its masks are the remover's own."""
+    from s3od import load_remover
+
+    root, _ = photos
+    teacher = load_teacher(str(tiny_lite_checkpoint), size=64)
+    assert teacher.describe()["kind"] == "s3od" and teacher.size == 64
+    manifest = pseudo_label([root / "a"], tmp_path / "o", teacher)
+    assert manifest.done == 2
+    remover = load_remover(str(tiny_lite_checkpoint), image_size=64)
+    image = np.asarray(Image.open(root / "a" / "images" / "p1.png").convert("RGB"))
+    expected = remover.remove_background(image).predicted_mask
+    written = np.asarray(Image.open(tmp_path / "o" / "a" / "masks" / "p1.png"), np.float32)
+    assert np.abs(written / 255.0 - expected).max() <= 0.5 / 255 + 1e-6
+    with pytest.raises(PipelineError, match="cannot load the teacher"):
+        load_teacher(str(tmp_path / "missing.safetensors"))

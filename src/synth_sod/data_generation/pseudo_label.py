@@ -139,16 +139,20 @@ class OnnxTeacher:
 
 
 class RemoverTeacher:
-    """Any model s3od loads (registry name, hub id, checkpoint, our ``.onnx``), best candidate."""
+    """Any model :func:`s3od.load_remover` loads (registry name, hub id, checkpoint, our
+    ``.onnx`` exports); its mask is the candidate the IoU head picks."""
 
     def __init__(self, model: str, image_size: int | None = None,
                  device: str | None = None) -> None:
-        from s3od import BackgroundRemoval
+        from s3od import load_remover
         from s3od.errors import S3ODError
+        from synth_sod.data_generation.devices import rank_device
 
         try:
-            self.remover = BackgroundRemoval(model, image_size=image_size, device=device)
-        except S3ODError as err:
+            # rank_device: under torchrun / SLURM every rank labels on its own GPU.
+            self.remover = load_remover(model, image_size=image_size,
+                                        device=rank_device(device))
+        except (S3ODError, ValueError) as err:
             raise PipelineError(f"cannot load the teacher {model}: {err}") from err
         self.model = model
         self.name = Path(model).stem if os.path.sep in model else model
