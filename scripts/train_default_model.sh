@@ -16,6 +16,7 @@ cd "$(dirname "$0")/.."
 SHARED=${1:-../shared}
 WORK=${2:-runs/distill}
 THREADS=${THREADS:-2}
+OUT=${OUT:-src/s3od/weights/s3od-lite.safetensors}   # where the released weights go
 U2NET_SHA256=8d10d2f3bb75ae3b6d527c77944fc5e7dcd94b29809d47a739a7a728a912b491
 mkdir -p "$WORK/teacher"
 
@@ -57,7 +58,7 @@ S3OD_PSEUDO_DIR="$WORK/parquet" python -m synth_sod.model_training.train \
   train_stage.weights_only=true train_stage.checkpoint.every_n_train_steps=25 \
   train_stage.evaluation.enabled=false train_stage.early_stopping.enabled=false
 
-# 6. Export the last checkpoint as the bundled fp16 weights.
+# 6. Export the last checkpoint as the bundled fp16 weights (OUT=... to write elsewhere first).
 python -m synth_sod.model_training.export "$WORK/checkpoints/lite_v3/last.ckpt" \
-  src/s3od/weights/s3od-lite.safetensors --dtype fp16 --name s3od-lite
-sha256sum src/s3od/weights/s3od-lite.safetensors
+  "$OUT" --dtype fp16 --name s3od-lite
+sha256sum "$OUT"
