@@ -29,7 +29,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 import numpy as np
 
@@ -304,7 +304,7 @@ class _RemovalActor:
         for i, (data, err) in enumerate(reads):
             if err is None:
                 try:
-                    rgbs.append(load_image(data))
+                    rgbs.append(load_image(cast(bytes, data)))  # read: _try_read gave bytes
                     ok.append(i)
                     continue
                 except S3ODError as decode_err:  # drop PIL's "<_io.BytesIO at 0x..>" noise
