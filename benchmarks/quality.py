@@ -572,7 +572,7 @@ def main(argv: list[str] | None = None) -> int:
     elapsed = time.perf_counter() - started
 
     lines = [
-        "# s3od-lite quality vs. baselines without weights",
+        "# s3od-lite quality vs. rembg's models and baselines",
         "",
         "Written by `benchmarks/quality.py`; every number below was measured by it in one run.",
         "",
