@@ -235,3 +235,19 @@ def test_an_s3od_model_is_a_teacher_too(tmp_path: Path, photos, tiny_lite_checkp
     assert np.abs(written / 255.0 - expected).max() <= 0.5 / 255 + 1e-6
     with pytest.raises(PipelineError, match="cannot load the teacher"):
         load_teacher(str(tmp_path / "missing.safetensors"))
+
+
+def test_our_onnx_export_runs_through_the_s3od_runtime(tmp_path: Path, tiny_lite_checkpoint,
+                                                        ) -> None:
+    """An ``.onnx`` with s3od metadata is one of our exports: it keeps our preprocessing and the
+    IoU head's pick, instead of rembg's single-output recipe."""
+    from synth_sod.data_generation.pseudo_label import RemoverTeacher
+
+    from .onnx_tiny import exported_lite
+
+    path, code, output = exported_lite(tmp_path, tiny_lite_checkpoint)
+    assert code == 0, output
+    ours = load_teacher(str(path))
+    assert isinstance(ours, RemoverTeacher) and ours.describe()["kind"] == "s3od"
+    rembg_style = load_teacher(str(export_teacher(tmp_path / "t.onnx")))
+    assert isinstance(rembg_style, OnnxTeacher)

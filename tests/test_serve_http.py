@@ -6,12 +6,10 @@ import base64
 import io
 import os
 import socket
-import struct
 import subprocess
 import sys
 import threading
 import time
-import zlib
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -21,6 +19,7 @@ import pytest
 from PIL import Image
 
 from .conftest import SAMPLES, needs_shared, shared_pairs
+from .hostile_corpus import png_bomb
 
 pytest.importorskip("fastapi", reason="the [server] extra is not installed")
 httpx = pytest.importorskip("httpx", reason="the [server] extra is not installed")
@@ -93,20 +92,6 @@ def best_mask_alpha(client: httpx.Client, data: bytes) -> np.ndarray:
     body = r.json()
     mask = body["masks"][body["best_index"]]
     return np.asarray(decode(base64.b64decode(mask["png_base64"])))
-
-
-def png_bomb(side: int = 30_000) -> bytes:
-    """A valid 1-bit PNG of ``side``² pixels that compresses to ~100 kB (2.7 GB as RGB)."""
-    def chunk(kind: bytes, payload: bytes) -> bytes:
-        return (struct.pack(">I", len(payload)) + kind + payload
-                + struct.pack(">I", zlib.crc32(kind + payload) & 0xFFFFFFFF))
-
-    row = b"\x00" * (1 + (side + 7) // 8)
-    packer = zlib.compressobj(9)
-    data = b"".join(packer.compress(row) for _ in range(side)) + packer.flush()
-    header = struct.pack(">IIBBBBB", side, side, 1, 0, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", data)
-            + chunk(b"IEND", b""))
 
 
 # --------------------------------------------------------------------------- happy paths

@@ -177,22 +177,14 @@ class RemoverTeacher:
 
 def load_teacher(spec: str, size: int | None = None, device: str | None = None,
                  threads: int | None = None) -> Teacher:
-    """An ``.onnx`` path becomes an :class:`OnnxTeacher` (rembg preprocessing), anything else a
-    :class:`RemoverTeacher`."""
-    if spec.lower().endswith(".onnx") and not _is_s3od_onnx(spec):
-        return OnnxTeacher(spec, size=size, threads=threads)
+    """An ``.onnx`` path becomes an :class:`OnnxTeacher` (rembg preprocessing), anything else,
+    and ONNX exports of our own (their metadata says ``s3od.*``), a :class:`RemoverTeacher`."""
+    if spec.lower().endswith(".onnx"):
+        teacher = OnnxTeacher(spec, size=size, threads=threads)
+        meta = teacher.session.get_modelmeta().custom_metadata_map
+        if not any(key.startswith("s3od.") for key in meta):
+            return teacher
     return RemoverTeacher(spec, image_size=size, device=device)
-
-
-def _is_s3od_onnx(path: str) -> bool:
-    """Our own exports carry an ``s3od`` metadata entry; they go through the s3od runtime."""
-    try:
-        import onnx
-
-        model = onnx.load(path, load_external_data=False)
-    except Exception:  # unreadable here: let OnnxTeacher report it
-        return False
-    return any(p.key.startswith("s3od") for p in model.metadata_props)
 
 
 @dataclass(frozen=True)
