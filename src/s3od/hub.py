@@ -129,17 +129,22 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], s
 def infer_config(state_dict: dict[str, torch.Tensor]) -> tuple[str, dict[str, Any]]:
     """Guess architecture and constructor arguments from tensor shapes (for bare checkpoints)."""
     sd = state_dict
+    from_masks = "seg_head.classifier_head.mlp.0.weight" in sd
     try:
-        head = {
+        sizes = {
             "features": sd["seg_head.scratch.layer1_rn.weight"].shape[0],
-            "num_masks": sd["seg_head.classifier_head.4.weight"].shape[0],
+            "num_masks": sum(1 for k in sd if re.fullmatch(
+                r"seg_head\.mask_head\.mask_heads\.\d+\.0\.weight", k)),
             "mask_inter_features": sd["seg_head.mask_head.mask_heads.0.0.weight"].shape[0],
             "mask_upsample_features": sd["seg_head.mask_head.upsample_2x.0.weight"].shape[1],
-            "iou_hidden": sd["seg_head.classifier_head.2.weight"].shape[0],
+            "iou_hidden": sd["seg_head.classifier_head.mlp.0.weight" if from_masks
+                             else "seg_head.classifier_head.2.weight"].shape[0],
         }
     except KeyError as err:
         raise CheckpointError(f"not an s3od checkpoint: missing {err}") from None
-    head = {k: int(v) for k, v in head.items()}
+    head: dict[str, Any] = {k: int(v) for k, v in sizes.items()}
+    if from_masks:
+        head["iou_head"] = "mask_statistics"
     if "encoder.embeddings.patch_embeddings.weight" in sd:
         hidden = int(sd["encoder.embeddings.patch_embeddings.weight"].shape[0])
         blocks = [re.match(r"encoder\.(?:model\.)?layer\.(\d+)\.", k) for k in sd]

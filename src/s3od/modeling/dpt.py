@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from s3od.modeling.heads import IoUHead, MultiMaskHead
+from s3od.modeling.heads import IOU_HEADS, IoUHead, MaskStatisticsIoUHead, MultiMaskHead
 
 
 class ResidualConvUnit(nn.Module):
@@ -116,6 +116,9 @@ class DPTHead(nn.Module):
     ``mask_stride=1`` (the published model) computes the candidate masks at full input
     resolution; ``mask_stride=2`` computes them at half resolution and upsamples the logits,
     about 4x less work after the last fusion block for the same parameters (s3od-lite uses it).
+
+    ``iou_head="global"`` is the published IoU head (pooled image features only);
+    ``"mask_statistics"`` scores each candidate from its own map (s3od-lite v4).
     """
 
     def __init__(
@@ -131,6 +134,7 @@ class DPTHead(nn.Module):
         iou_hidden: int = 64,
         resize_factors: Sequence[float] = (4, 2, 1, 0.5),
         mask_stride: int = 1,
+        iou_head: str = "global",
     ) -> None:
         super().__init__()
         if mask_stride not in (1, 2):
@@ -147,7 +151,12 @@ class DPTHead(nn.Module):
             features, num_masks, inter_features=mask_inter_features,
             upsample_features=mask_upsample_features, upsample_logits=mask_stride != 1,
         )
-        self.classifier_head = IoUHead(features, num_masks, hidden=iou_hidden)
+        if iou_head not in IOU_HEADS:
+            raise ValueError(f"iou_head must be one of {sorted(IOU_HEADS)}, got {iou_head!r}")
+        self.iou_from_masks = iou_head == "mask_statistics"
+        self.classifier_head: nn.Module = (
+            MaskStatisticsIoUHead(num_masks, hidden=iou_hidden) if self.iou_from_masks
+            else IoUHead(features, num_masks, hidden=iou_hidden))
 
     def forward(
         self, feats: Sequence[torch.Tensor], output_size: Sequence[int]
@@ -158,8 +167,6 @@ class DPTHead(nn.Module):
                 for f, project, resize in zip(feats, self.projects, self.resize_layers, strict=True)
             ]
         path1 = self.scratch(feats)
-        return {
-            "pred_masks": self.mask_head(path1, output_size),
-            "pred_iou": self.classifier_head(path1),
-            "features": path1,
-        }
+        masks = self.mask_head(path1, output_size)
+        iou = self.classifier_head(masks if self.iou_from_masks else path1)
+        return {"pred_masks": masks, "pred_iou": iou, "features": path1}

@@ -83,6 +83,7 @@ class LiteSegmentation(nn.Module):
         iou_hidden: int = 64,
         pretrained_encoder: bool = False,
         mask_stride: int = 1,
+        iou_head: str = "global",
     ) -> None:
         super().__init__()
         self.encoder = EfficientNetLite0Features()
@@ -94,7 +95,7 @@ class LiteSegmentation(nn.Module):
             out_channels=self.encoder.feature_channels, num_masks=num_masks, use_bn=use_bn,
             reassemble=False, mask_upsample_features=mask_upsample_features,
             mask_inter_features=mask_inter_features, iou_hidden=iou_hidden,
-            mask_stride=mask_stride,
+            mask_stride=mask_stride, iou_head=iou_head,
         )
 
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:

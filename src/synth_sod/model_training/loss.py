@@ -142,6 +142,17 @@ def soft_iou(probs: torch.Tensor, target: torch.Tensor, eps: float = 1e-6) -> to
     return (inter + eps) / ((y * y).sum(-1) + (p * p).sum(-1) - inter + eps)
 
 
+def hard_iou(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """IoU of each candidate at threshold 0.5 (``logits (B, N, H, W)``, ``target (B, H, W)``):
+    the quantity an evaluation ranks the candidates by. An empty prediction of an empty mask
+    scores 1."""
+    pred = logits > 0
+    gt = (target > 0.5).unsqueeze(1)
+    inter = (pred & gt).flatten(2).sum(-1).float()
+    union = (pred | gt).flatten(2).sum(-1).float()
+    return torch.where(union > 0, inter / union.clamp_min(1), torch.ones_like(union))
+
+
 def full_mask_weight(epoch: int, full_mask_lambda: float, decay_rate: float) -> float:
     """Weight of the all-candidate term: ``full_mask_lambda * exp(-decay_rate * epoch)``."""
     return float(full_mask_lambda) * math.exp(-float(decay_rate) * float(epoch))
@@ -156,6 +167,11 @@ class MultiMaskLoss(nn.Module):
     cross-entropy of the IoU logits against the candidate that is truly best, because a regressor
     that is right on average can still rank the three candidates of one image wrongly, and the
     ranking is what picks the mask users get.
+
+    ``iou_head_target`` ("soft" as published, or "hard": IoU at 0.5, what evaluations rank by)
+    and ``iou_head_criterion`` ("mse" on ``sigmoid(pred_iou)`` as published, or "bce": binary
+    cross-entropy on the logits, steeper far from the target) choose the regression. s3od-lite
+    v4 trains its mask-statistics head with hard + bce (``loss=iou_head_only``).
     """
 
     def __init__(
@@ -166,8 +182,17 @@ class MultiMaskLoss(nn.Module):
         decay_rate: float = 0.2,
         iou_rank_weight: float = 0.0,
         iou_rank_temperature: float = 0.1,
+        iou_head_target: str = "soft",
+        iou_head_criterion: str = "mse",
     ) -> None:
         super().__init__()
+        if iou_head_target not in ("soft", "hard"):
+            raise ValueError(f"iou_head_target must be 'soft' or 'hard', got {iou_head_target!r}")
+        if iou_head_criterion not in ("mse", "bce"):
+            raise ValueError(
+                f"iou_head_criterion must be 'mse' or 'bce', got {iou_head_criterion!r}")
+        self.iou_head_target = iou_head_target
+        self.iou_head_criterion = iou_head_criterion
         self.names: list[str] = []
         self.weights: list[float] = []
         mods = []
@@ -190,6 +215,18 @@ class MultiMaskLoss(nn.Module):
         self.iou_rank_weight = float(iou_rank_weight)
         self.iou_rank_temperature = float(iou_rank_temperature)
 
+    def _iou_head_term(self, pred_iou: torch.Tensor, logits: torch.Tensor,
+                       target: torch.Tensor, soft: torch.Tensor) -> torch.Tensor:
+        """The IoU head's regression loss against the configured target."""
+        if self.iou_head_target == "hard":
+            with torch.no_grad():
+                goal = hard_iou(logits.detach(), target)
+        else:
+            goal = soft
+        if self.iou_head_criterion == "bce":
+            return F.binary_cross_entropy_with_logits(pred_iou.float(), goal)
+        return F.mse_loss(torch.sigmoid(pred_iou.float()), goal)
+
     def forward(
         self, outputs: Mapping[str, torch.Tensor], target: torch.Tensor, epoch: int = 0
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -210,7 +247,7 @@ class MultiMaskLoss(nn.Module):
                 # untrained (random scores, and parameters without gradient under DDP).
                 with torch.no_grad():
                     ious = soft_iou(torch.sigmoid(logits), target)
-                mse = F.mse_loss(torch.sigmoid(outputs["pred_iou"].float()), ious)
+                mse = self._iou_head_term(outputs["pred_iou"], logits, target, ious)
                 total = total + self.iou_head_weight * mse
                 parts["mse_ious_loss"] = mse.detach()
             parts["loss"] = total.detach()
@@ -231,7 +268,7 @@ class MultiMaskLoss(nn.Module):
             parts[f"{name}_best"] = best_term.detach()
             parts[f"{name}_full"] = full_term.detach()
         if self.iou_head_weight and "pred_iou" in outputs:
-            mse = F.mse_loss(torch.sigmoid(outputs["pred_iou"].float()), ious)
+            mse = self._iou_head_term(outputs["pred_iou"], logits, target, ious)
             total = total + self.iou_head_weight * mse
             parts["mse_ious_loss"] = mse.detach()
         if self.iou_rank_weight and "pred_iou" in outputs:
@@ -259,4 +296,6 @@ def build_loss(cfg: Mapping[str, Any]) -> MultiMaskLoss:
         decay_rate=cfg.get("decay_rate", 0.2),
         iou_rank_weight=cfg.get("iou_rank_weight", 0.0),
         iou_rank_temperature=cfg.get("iou_rank_temperature", 0.1),
+        iou_head_target=cfg.get("iou_head_target", "soft"),
+        iou_head_criterion=cfg.get("iou_head_criterion", "mse"),
     )

@@ -11,7 +11,7 @@ DINOv3 weights from the Hugging Face hub for the ViT encoders) and is never expo
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -48,6 +48,36 @@ def freeze_unused(model: nn.Module) -> nn.Module:
 def build_training_model(cfg: Mapping[str, Any]) -> nn.Module:
     """``cfg``: ``architecture``, ``params`` and optional ``pretrained`` / ``encoder_name``."""
     return freeze_unused(_build(cfg))
+
+
+def train_only(model: nn.Module, prefixes: Sequence[str]) -> list[str]:
+    """Freeze every parameter outside the sub-modules named by ``prefixes``.
+
+    A stage that trains one head on top of released weights (``model.trainable``) must leave
+    the rest bit for bit as it was. Returns the frozen top-most module names, which the caller
+    keeps in eval mode so their batch-norm statistics do not drift either. Raises ValueError for
+    a prefix that names no module (a typo would otherwise train nothing and say nothing).
+    """
+    modules = dict(model.named_modules())
+    missing = [p for p in prefixes if p not in modules]
+    if missing:
+        raise ValueError(f"model.trainable names no module: {missing}; "
+                         f"e.g. {[n for n in modules if n.count('.') < 2 and n][:8]}")
+    keep = tuple(prefixes)
+
+    def inside(name: str) -> bool:
+        return any(name == p or name.startswith(p + ".") for p in keep)
+
+    for name, param in model.named_parameters():
+        if not inside(name):
+            param.requires_grad_(False)
+    frozen: list[str] = []
+    for name in modules:
+        if not name or inside(name) or any(p.startswith(name + ".") for p in keep):
+            continue  # the root, a trained module, or a parent of one: not frozen as a whole
+        if not any(f == name[: len(f)] and name[len(f):].startswith(".") for f in frozen):
+            frozen.append(name)
+    return frozen
 
 
 def _build(cfg: Mapping[str, Any]) -> nn.Module:
