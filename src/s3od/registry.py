@@ -50,10 +50,11 @@ class ModelSpec:
 
 
 #: The shipped s3od-lite: decoder width 32, candidate masks at half resolution (chosen by
-#: benchmarks/profile_lite.py and benchmarks/speed.py); input 320, its training resolution
-#: (docs/model-card.md says why).
-LITE_CONFIG: dict[str, int] = {"features": 32, "mask_upsample_features": 16,
-                               "mask_inter_features": 8, "mask_stride": 2, "num_masks": 3}
+#: benchmarks/profile_lite.py and benchmarks/speed.py), candidates ranked by the
+#: mask-statistics IoU head; input 320, its training resolution (docs/model-card.md says why).
+LITE_CONFIG: dict[str, int | str] = {"features": 32, "mask_upsample_features": 16,
+                                     "mask_inter_features": 8, "mask_stride": 2, "num_masks": 3,
+                                     "iou_head": "mask_statistics", "iou_hidden": 32}
 
 MODELS: dict[str, ModelSpec] = {
     spec.name: spec
