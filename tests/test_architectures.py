@@ -32,11 +32,13 @@ def test_inference_families_and_their_default_sizes():
     assert get_architecture("dpt_dinov3").image_size == 1024
 
 
-def test_every_model_spec_names_a_registered_family_and_inherits_its_size():
+def test_every_model_spec_names_a_registered_family_and_a_size():
     for spec in MODELS.values():
         family = get_architecture(spec.architecture, inference=True)
-        assert spec.image_size == family.image_size, spec.name
-    assert MODELS["s3od-lite"].image_size == 320
+        if spec.name != "s3od-lite":
+            assert spec.image_size == family.image_size, spec.name
+    # The release runs at its last training stage's size; bare lite checkpoints at 320.
+    assert MODELS["s3od-lite"].image_size == 384 != get_architecture("lite").image_size
 
 
 def test_bare_lite_checkpoint_defaults_to_the_registry_size(tmp_path):
