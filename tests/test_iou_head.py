@@ -99,7 +99,9 @@ def test_onnx_export_of_the_mask_statistics_head_matches_pytorch(tmp_path):
         for p in model.seg_head.classifier_head.parameters():
             p.mul_(4)
     report = export_onnx(model, tmp_path / "m.onnx", image_size=64, verify=True)
-    assert report.max_abs_diff["pred_iou"] < 1e-4
+    # PyTorch against ONNX Runtime: the raw scores, and the IoUs a user gets for real photos.
+    assert report.max_abs_diff["network_ious"] < 1e-4
+    assert report.max_abs_diff["ious"] < 1e-4
 
 
 # ----------------------------------------------------------------------------- training
