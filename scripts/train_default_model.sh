@@ -45,52 +45,43 @@ s3od-data filter --config pseudo_filtering_config.yaml \
 # 4. The published dataset schema (parquet: image, mask, caption, category, id).
 s3od-data export --input-dir "$WORK/filtered" --output-dir "$WORK/parquet"
 
-# 5. Fine-tune the previous release on real pairs + pseudo-labels + copy-paste composites, with
-#    the ranking IoU head. Starts from the v2 weights committed in git history (the release
-#    before this one), so the run is the same whatever weights the checkout ships.
+# Every training stage: the same data (real pairs + pseudo-labels + copy-paste composites) and
+# CPU backend; each starts from the previous stage's weights with a fresh optimizer.
+stage() {  # stage NAME START_WEIGHTS [hydra overrides...]
+  local name=$1 start=$2
+  shift 2
+  S3OD_PSEUDO_DIR="$WORK/parquet" python -m synth_sod.model_training.train \
+    dataset=lite_distill backend=cpu data_dir="$SHARED" base_dir="$WORK" \
+    backend.num_threads="$THREADS" train_stage.experiment_name="$name" \
+    train_stage.checkpoint_path="$start" train_stage.weights_only=true \
+    train_stage.checkpoint.every_n_train_steps=50 \
+    train_stage.evaluation.enabled=false train_stage.early_stopping.enabled=false "$@"
+}
+
+# 5. Fine-tune the previous release with the ranking IoU head (v3). Starts from the v2 weights
+#    committed in git history, so the run is the same whatever weights the checkout ships.
 if [ ! -f "$WORK/s3od-lite-v2.safetensors" ]; then
   git show 483c0fc:src/s3od/weights/s3od-lite.safetensors > "$WORK/s3od-lite-v2.safetensors"
 fi
-S3OD_PSEUDO_DIR="$WORK/parquet" python -m synth_sod.model_training.train \
-  model=lite_v3 dataset=lite_distill loss=focal_iou_rank backend=cpu \
-  data_dir="$SHARED" base_dir="$WORK" backend.num_threads="$THREADS" \
-  backend.max_epochs="${EPOCHS:-6}" scheduler.constant_epochs=2 optimizer.lr=1e-4 \
-  train_stage.experiment_name=lite_v3 train_stage.checkpoint_path="$WORK/s3od-lite-v2.safetensors" \
-  train_stage.weights_only=true train_stage.checkpoint.every_n_train_steps=25 \
-  train_stage.evaluation.enabled=false train_stage.early_stopping.enabled=false
+stage lite_v3 "$WORK/s3od-lite-v2.safetensors" model=lite_v3 loss=focal_iou_rank \
+  backend.max_epochs="${EPOCHS:-11}" scheduler.constant_epochs=2 optimizer.lr=1e-4
 
 # 6. Train the mask-statistics IoU head alone on the v3 network (model.trainable: every other
-#    tensor, batch-norm statistics included, stays as step 5 left it).
-S3OD_PSEUDO_DIR="$WORK/parquet" python -m synth_sod.model_training.train \
-  model=lite_v4 dataset=lite_distill loss=iou_head_only backend=cpu \
-  data_dir="$SHARED" base_dir="$WORK" backend.num_threads="$THREADS" \
-  backend.max_epochs="${HEAD_EPOCHS:-8}" scheduler.constant_epochs=2 optimizer.lr=1e-4 \
-  train_stage.experiment_name=lite_v4_iou_head \
-  train_stage.checkpoint_path="$WORK/checkpoints/lite_v3/last.ckpt" \
-  train_stage.weights_only=true train_stage.weights_strict=false \
-  train_stage.checkpoint.every_n_train_steps=50 \
-  train_stage.evaluation.enabled=false train_stage.early_stopping.enabled=false
+#    tensor, batch-norm statistics included, stays as step 5 left it) (v4).
+stage lite_v4_iou_head "$WORK/checkpoints/lite_v3/last.ckpt" model=lite_v4 \
+  loss=iou_head_only train_stage.weights_strict=false \
+  backend.max_epochs="${HEAD_EPOCHS:-8}" scheduler.constant_epochs=2 optimizer.lr=1e-4
 
 # 7. Fine-tune everything (network and the new head together) with plain BCE instead of focal
 #    loss: focal loss leaves held-out masks soft (see docs/model-card.md).
-S3OD_PSEUDO_DIR="$WORK/parquet" python -m synth_sod.model_training.train \
-  model=lite_v4 'model.trainable=[]' dataset=lite_distill loss=bce_iou_head backend=cpu \
-  data_dir="$SHARED" base_dir="$WORK" backend.num_threads="$THREADS" \
-  backend.max_epochs="${BCE_EPOCHS:-5}" scheduler.constant_epochs=1 optimizer.lr=5e-5 \
-  train_stage.experiment_name=lite_v5_bce \
-  train_stage.checkpoint_path="$WORK/checkpoints/lite_v4_iou_head/last.ckpt" \
-  train_stage.weights_only=true train_stage.checkpoint.every_n_train_steps=50 \
-  train_stage.evaluation.enabled=false train_stage.early_stopping.enabled=false
+stage lite_v5_bce "$WORK/checkpoints/lite_v4_iou_head/last.ckpt" model=lite_v4 \
+  'model.trainable=[]' loss=bce_iou_head \
+  backend.max_epochs="${BCE_EPOCHS:-5}" scheduler.constant_epochs=1 optimizer.lr=5e-5
 
-# 8. Three more epochs of the same at 384 px, the size the release runs at.
-S3OD_PSEUDO_DIR="$WORK/parquet" python -m synth_sod.model_training.train \
-  model=lite_v4 'model.trainable=[]' dataset=lite_distill loss=bce_iou_head backend=cpu \
-  data_dir="$SHARED" base_dir="$WORK" backend.num_threads="$THREADS" dataset.image_size=384 \
-  backend.max_epochs="${HIRES_EPOCHS:-3}" scheduler.constant_epochs=1 optimizer.lr=3e-5 \
-  train_stage.experiment_name=lite_v5_bce_384 \
-  train_stage.checkpoint_path="$WORK/checkpoints/lite_v5_bce/last.ckpt" \
-  train_stage.weights_only=true train_stage.checkpoint.every_n_train_steps=50 \
-  train_stage.evaluation.enabled=false train_stage.early_stopping.enabled=false
+# 8. Three more epochs of the same at 384 px, the size the release runs at (v5).
+stage lite_v5_bce_384 "$WORK/checkpoints/lite_v5_bce/last.ckpt" model=lite_v4 \
+  'model.trainable=[]' loss=bce_iou_head dataset.image_size=384 \
+  backend.max_epochs="${HIRES_EPOCHS:-3}" scheduler.constant_epochs=1 optimizer.lr=3e-5
 
 # 9. Export the last checkpoint as the bundled fp16 weights (OUT=... to write elsewhere first).
 python -m synth_sod.model_training.export "$WORK/checkpoints/lite_v5_bce_384/last.ckpt" \
