@@ -40,14 +40,6 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 
 
-def hard_iou(logits: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
-    pred = logits > 0
-    g = gt[:, None].bool()
-    inter = (pred & g).flatten(2).sum(-1).float()
-    union = (pred | g).flatten(2).sum(-1).float()
-    return torch.where(union > 0, inter / union.clamp_min(1), torch.ones_like(union))
-
-
 # ----------------------------------------------------------------------------- cache
 
 
@@ -60,6 +52,7 @@ def cache(args: argparse.Namespace) -> None:
     from s3od.modeling.heads import MaskStatisticsIoUHead
     from s3od.transforms import normalize
     from synth_sod.model_training.data import build_datasets, resolve_splits
+    from synth_sod.model_training.loss import hard_iou
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -89,7 +82,7 @@ def cache(args: argparse.Namespace) -> None:
                     parts["features"].append(out["features"].half())
                     parts["small"].append(F.avg_pool2d(probs, factor).half())
                     parts["stats"].append(MaskStatisticsIoUHead.mask_statistics(probs))
-                    parts["iou"].append(hard_iou(logits, batch["masks"] > 0.5))
+                    parts["iou"].append(hard_iou(logits, batch["masks"]))
         data = {k: torch.cat(v) for k, v in parts.items()}
         torch.save(data, args.out / f"{name}.pt")
         print(f"{name}: {len(data['iou'])} samples in {time.time() - start:.0f} s; "

@@ -12,7 +12,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from s3od.modeling.heads import IOU_HEADS, IoUHead, MaskStatisticsIoUHead, MultiMaskHead
+from s3od.modeling.heads import IoUHead, MaskStatisticsIoUHead, MultiMaskHead
+
+#: Values of the decoder's ``iou_head`` argument (see :class:`DPTHead`).
+IOU_HEADS = ("global", "mask_statistics")
 
 
 class ResidualConvUnit(nn.Module):

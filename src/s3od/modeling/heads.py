@@ -145,9 +145,3 @@ class MaskStatisticsIoUHead(nn.Module):
         b, k = statistics.shape[:2]
         which = torch.eye(k, device=probs.device, dtype=probs.dtype)[None].expand(b, k, k)
         return self.mlp(torch.cat([statistics, which], dim=-1)).squeeze(-1)
-
-#: IoU head name (the ``iou_head`` constructor argument of the decoder) -> class.
-IOU_HEADS: dict[str, type[nn.Module]] = {
-    "global": IoUHead,
-    "mask_statistics": MaskStatisticsIoUHead,
-}

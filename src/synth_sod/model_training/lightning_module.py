@@ -62,7 +62,7 @@ class SegmentationLightningModule(pl.LightningModule):
         model_cfg = config["model"]
         self.model = build_training_model(model_cfg)
         # ``model.trainable``: train these sub-modules only; the rest stays as loaded, with its
-        # batch-norm statistics frozen too (see :meth:`train`).
+        # batch-norm statistics frozen too (see :meth:`on_train_batch_start`).
         trainable = list(model_cfg.get("trainable") or [])
         self._frozen_modules = train_only(self.model, trainable) if trainable else []
         if model_cfg.get("gradient_checkpointing"):
@@ -79,24 +79,14 @@ class SegmentationLightningModule(pl.LightningModule):
         self.enable_image_logging = bool(stage.get("enable_image_logging", False))
         self._logged_images: list[torch.Tensor] = []
 
-    def train(self, mode: bool = True) -> SegmentationLightningModule:
-        """Frozen parts stay in eval mode, so their batch-norm running statistics keep the
-        loaded values."""
-        super().train(mode)
-        if mode:
-            self._keep_frozen_in_eval()
-        return self
-
-    def _keep_frozen_in_eval(self) -> None:
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        """Frozen parts go back to eval mode before every batch, so their batch-norm running
+        statistics keep the loaded values: Lightning switches modules to train mode at the start
+        of fitting and restores per-module flags after each validation (measured: without this
+        the frozen encoder's statistics drifted during a head-only stage)."""
         modules = dict(self.model.named_modules())
         for name in self._frozen_modules:
             modules[name].eval()
-
-    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
-        # Lightning restores per-module training flags after validation and does not call
-        # :meth:`train` for that: checked before every batch (measured: without this the
-        # frozen encoder's batch-norm statistics drifted during a head-only stage).
-        self._keep_frozen_in_eval()
 
     # ------------------------------------------------------------------ forward
 

@@ -75,7 +75,7 @@ def train_only(model: nn.Module, prefixes: Sequence[str]) -> list[str]:
     for name in modules:
         if not name or inside(name) or any(p.startswith(name + ".") for p in keep):
             continue  # the root, a trained module, or a parent of one: not frozen as a whole
-        if not any(f == name[: len(f)] and name[len(f):].startswith(".") for f in frozen):
+        if not any(name.startswith(f + ".") for f in frozen):  # inside one already listed
             frozen.append(name)
     return frozen
 
