@@ -62,7 +62,8 @@ def cache(args: argparse.Namespace) -> None:
     train_set, val_set = build_datasets(cfg.dataset, resolve_splits(cfg.dataset, seed=42))
     with safe_open(str(args.weights), "pt") as f:
         meta = json.loads(f.metadata()["s3od"])
-    model = build_model(meta["architecture"], **meta["config"])
+    config = {k: v for k, v in meta["config"].items() if k != "image_size"}
+    model = build_model(meta["architecture"], **config)
     model.load_state_dict({k: v.float() for k, v in load_file(str(args.weights)).items()})
     model.eval()
     args.out.mkdir(parents=True, exist_ok=True)

@@ -108,3 +108,22 @@ def test_registry_import_stays_torch_free():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=120)
     assert done.returncode == 0, done.stderr[-1000:]
+
+
+def test_training_export_stores_the_trained_input_size(tmp_path):
+    """A release trained at 384 px loaded by path ran at the family default (320): the export
+    now writes the training size with the weights, and ``--image-size`` overrides it."""
+    from synth_sod.model_training.export import main as export_main
+
+    state = {f"model.{k}": v for k, v in LiteSegmentation(**TINY_LITE).state_dict().items()}
+    config = {"model": {"architecture": "lite", "params": dict(TINY_LITE)},
+              "dataset": {"image_size": 384}}
+    ckpt = tmp_path / "run.ckpt"
+    torch.save({"state_dict": state, "hyper_parameters": {"config": config}}, ckpt)
+    out = tmp_path / "lite.safetensors"
+    assert export_main([str(ckpt), str(out)]) == 0
+    resolved = resolve(out)
+    assert resolved.image_size == 384 and "image_size" not in resolved.config
+    assert export_main([str(ckpt), str(out), "--image-size", "448"]) == 0
+    assert resolve(out).image_size == 448
+    assert export_main([str(ckpt), str(out), "--image-size", "-1"]) == 2

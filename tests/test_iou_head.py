@@ -172,3 +172,76 @@ def test_trainable_prefix_that_names_nothing_is_an_error():
     frozen = train_only(model, ["seg_head.classifier_head"])
     assert "encoder" in frozen and "seg_head.scratch" in frozen
     assert "seg_head" not in frozen                          # a parent of the trained head
+
+
+def _two_samples() -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    gen = torch.Generator().manual_seed(3)
+    outputs = {"pred_masks": torch.randn(2, 3, 16, 16, generator=gen),
+               "pred_iou": torch.randn(2, 3, generator=gen, requires_grad=True)}
+    target = (torch.rand(2, 16, 16, generator=gen) > 0.5).float()
+    return outputs, target
+
+
+def test_iou_head_weights_leave_teacher_samples_out_of_the_head_term():
+    """Weight 0 for sample 1: the head term is sample 0's alone and sample 1's scores get no
+    gradient; the mask terms still use both samples."""
+    from synth_sod.model_training.loss import MultiMaskLoss
+
+    crit = MultiMaskLoss([{"name": "bce", "loss": {"type": "bce"}}], iou_head_weight=1.0,
+                         iou_head_target="hard", iou_head_criterion="bce")
+    outputs, target = _two_samples()
+    total, parts = crit(outputs, target, iou_head_weights=torch.tensor([True, False]))
+    alone = {"pred_masks": outputs["pred_masks"][:1], "pred_iou": outputs["pred_iou"][:1]}
+    _, parts_alone = crit(alone, target[:1])
+    _, parts_all = crit(outputs, target)
+    assert parts["mse_ious_loss"] == pytest.approx(float(parts_alone["mse_ious_loss"]), rel=1e-6)
+    assert parts["mse_ious_loss"] != pytest.approx(float(parts_all["mse_ious_loss"]), rel=1e-3)
+    assert parts["bce_best"] == pytest.approx(float(parts_all["bce_best"]))
+    total.backward()
+    grad = outputs["pred_iou"].grad
+    assert torch.all(grad[1] == 0) and torch.all(grad[0] != 0)
+    with pytest.raises(ValueError, match="iou_head_weights must have shape"):
+        crit(outputs, target, iou_head_weights=torch.ones(3))
+
+
+def test_only_the_named_sources_teach_the_iou_head():
+    """``loss.iou_head_sources``: the training step weights samples by their key's source."""
+    from synth_sod.model_training.lightning_module import SegmentationLightningModule
+
+    from .test_training_devices import compose_plain
+
+    cfg = compose_plain("model=lite_v4", "loss=bce_iou_head", "dataset=folders",
+                        "dataset.datasets=[a]", "backend=cpu", "scheduler=constant",
+                        "+loss.iou_head_sources=[real-a,real-b]")
+    cfg["model"]["params"].update(features=16, mask_upsample_features=16, mask_inter_features=8)
+    module = SegmentationLightningModule(cfg)
+    seen = []
+
+    class Spy(torch.nn.Module):
+        def forward(self, outputs, target, epoch=0, iou_head_weights=None):
+            seen.append(iou_head_weights)
+            return outputs["pred_masks"].sum() * 0, {}
+
+    module.criterion = Spy()
+    batch = {"images": torch.zeros(4, 3, 32, 32), "masks": torch.zeros(4, 32, 32),
+             "key": ["real-a/1", "pseudo-unlabeled/imagenet/2", "real-b/3", "real-ab/4"]}
+    module._step(batch, "train")
+    module._step(batch, "val")
+    assert seen[0].tolist() == [True, False, True, False]
+    assert seen[1] is None                             # validation reports every sample
+
+
+def test_iou_head_sources_must_name_training_sources():
+    from types import SimpleNamespace
+
+    from omegaconf import OmegaConf
+
+    from synth_sod.model_training.train import check_iou_head_sources
+
+    train_set = SimpleNamespace(sources=[SimpleNamespace(name="real-a"),
+                                         SimpleNamespace(name="pseudo-unlabeled")])
+    good = OmegaConf.create({"loss": {"iou_head_sources": ["real-a"]}})
+    check_iou_head_sources(good, train_set)
+    bad = OmegaConf.create({"loss": {"iou_head_sources": ["real-a", "rael-b"]}})
+    with pytest.raises(ValueError, match=r"unknown training sources \['rael-b'\]"):
+        check_iou_head_sources(bad, train_set)

@@ -24,8 +24,13 @@ DTYPES = {"fp32": None, "float32": None, "fp16": torch.float16, "float16": torch
 
 
 def export_checkpoint(ckpt: str | Path, out: str | Path, dtype: str = "fp32",
-                      name: str | None = None) -> Path:
-    """Write ``out`` from the Lightning checkpoint ``ckpt``; returns the path written."""
+                      name: str | None = None, image_size: int | None = None) -> Path:
+    """Write ``out`` from the Lightning checkpoint ``ckpt``; returns the path written.
+
+    The input size the network was last trained at (``dataset.image_size``, or ``image_size``)
+    is stored with the weights as ``config["image_size"]``, so loading the file by path runs at
+    that size instead of the architecture's default.
+    """
     from s3od.hub import save_checkpoint
 
     if dtype not in DTYPES:
@@ -39,6 +44,11 @@ def export_checkpoint(ckpt: str | Path, out: str | Path, dtype: str = "fp32",
                          f"(exportable: {exportable}); the FLUX teacher is used "
                          "through synth_sod.data_generation instead")
     params = dict(model_cfg.get("params") or {})
+    size = image_size or (config.get("dataset") or {}).get("image_size")
+    if size is not None:
+        if int(size) <= 0:
+            raise ValueError(f"image_size must be positive, got {size}")
+        params["image_size"] = int(size)
     return save_checkpoint(state, out, architecture, params, dtype=DTYPES[dtype], name=name)
 
 
@@ -50,9 +60,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dtype", default="fp32", choices=sorted(DTYPES),
                         help="cast floating tensors (fp16 halves the file)")
     parser.add_argument("--name", default=None, help="model name stored in the metadata")
+    parser.add_argument("--image-size", type=int, default=None,
+                        help="input size stored with the weights (default: the training "
+                             "config's dataset.image_size)")
     args = parser.parse_args(argv)
     try:
-        path = export_checkpoint(args.ckpt, args.out, args.dtype, args.name)
+        path = export_checkpoint(args.ckpt, args.out, args.dtype, args.name, args.image_size)
     except (FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -71,6 +71,10 @@ class SegmentationLightningModule(pl.LightningModule):
         if self.channels_last:
             to_channels_last(self.model)
         self.criterion = build_loss(config["loss"])
+        # ``loss.iou_head_sources``: only samples of these training sources (by dataset name)
+        # teach the IoU head; None: all of them.
+        sources = config["loss"].get("iou_head_sources")
+        self.iou_head_prefixes = tuple(f"{s}/" for s in sources) if sources else None
         self.uses_flux = bool(getattr(self.model, "use_flux_features", False))
         self._val_sums: dict[str, float] = {}
         self._val_count = 0
@@ -106,7 +110,13 @@ class SegmentationLightningModule(pl.LightningModule):
             target = torch.nn.functional.interpolate(
                 target[:, None], size=outputs["pred_masks"].shape[-2:], mode="bilinear",
                 align_corners=False)[:, 0]
-        loss, parts = self.criterion(outputs, target, epoch=self.current_epoch)
+        weights = None
+        if self.iou_head_prefixes is not None and split == "train":
+            # Keys are "<source name>/<id>" (a composite carries its foreground's key).
+            weights = torch.tensor([key.startswith(self.iou_head_prefixes)
+                                    for key in batch["key"]], device=target.device)
+        loss, parts = self.criterion(outputs, target, epoch=self.current_epoch,
+                                     iou_head_weights=weights)
         return loss, {"outputs": outputs, "target": target, "parts": parts}
 
     # ------------------------------------------------------------------ train / val

@@ -153,6 +153,14 @@ def hard_iou(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return torch.where(union > 0, inter / union.clamp_min(1), torch.ones_like(union))
 
 
+def _weighted_mean(per_sample: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
+    """Mean of ``(B,)`` values with per-sample weights; 0 (with a graph) when all weights are 0."""
+    if weights is None:
+        return per_sample.mean()
+    w = weights.to(per_sample)
+    return (per_sample * w).sum() / w.sum().clamp_min(1.0)
+
+
 def full_mask_weight(epoch: int, full_mask_lambda: float, decay_rate: float) -> float:
     """Weight of the all-candidate term: ``full_mask_lambda * exp(-decay_rate * epoch)``."""
     return float(full_mask_lambda) * math.exp(-float(decay_rate) * float(epoch))
@@ -172,6 +180,10 @@ class MultiMaskLoss(nn.Module):
     and ``iou_head_criterion`` ("mse" on ``sigmoid(pred_iou)`` as published, or "bce": binary
     cross-entropy on the logits, steeper far from the target) choose the regression. s3od-lite
     v4 trains its mask-statistics head with hard + bce (``loss=iou_head_only``).
+
+    ``forward(..., iou_head_weights=w)`` weights the IoU-head terms per sample (``(B,)``, e.g. 0
+    for samples whose mask came from a teacher): the head should learn which candidate matches
+    a human mask, not which one imitates the teacher best (see ``iou_head_sources``).
     """
 
     def __init__(
@@ -216,21 +228,29 @@ class MultiMaskLoss(nn.Module):
         self.iou_rank_temperature = float(iou_rank_temperature)
 
     def _iou_head_term(self, pred_iou: torch.Tensor, logits: torch.Tensor,
-                       target: torch.Tensor, soft: torch.Tensor) -> torch.Tensor:
-        """The IoU head's regression loss against the configured target."""
+                       target: torch.Tensor, soft: torch.Tensor,
+                       weights: torch.Tensor | None) -> torch.Tensor:
+        """The IoU head's regression loss against the configured target, averaged over the
+        samples with their ``weights`` (all 1 when None)."""
         if self.iou_head_target == "hard":
             with torch.no_grad():
                 goal = hard_iou(logits.detach(), target)
         else:
             goal = soft
         if self.iou_head_criterion == "bce":
-            return F.binary_cross_entropy_with_logits(pred_iou.float(), goal)
-        return F.mse_loss(torch.sigmoid(pred_iou.float()), goal)
+            per = F.binary_cross_entropy_with_logits(pred_iou.float(), goal, reduction="none")
+        else:
+            per = F.mse_loss(torch.sigmoid(pred_iou.float()), goal, reduction="none")
+        return _weighted_mean(per.reshape(len(per), -1).mean(1), weights)
 
     def forward(
-        self, outputs: Mapping[str, torch.Tensor], target: torch.Tensor, epoch: int = 0
+        self, outputs: Mapping[str, torch.Tensor], target: torch.Tensor, epoch: int = 0,
+        iou_head_weights: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         logits = outputs["pred_masks"]
+        if iou_head_weights is not None and iou_head_weights.shape != logits.shape[:1]:
+            raise ValueError(f"iou_head_weights must have shape ({logits.shape[0]},), got "
+                             f"{tuple(iou_head_weights.shape)}")
         if target.ndim == 4:
             target = target[:, 0]
         b, n = logits.shape[:2]
@@ -247,7 +267,8 @@ class MultiMaskLoss(nn.Module):
                 # untrained (random scores, and parameters without gradient under DDP).
                 with torch.no_grad():
                     ious = soft_iou(torch.sigmoid(logits), target)
-                mse = self._iou_head_term(outputs["pred_iou"], logits, target, ious)
+                mse = self._iou_head_term(outputs["pred_iou"], logits, target, ious,
+                                          iou_head_weights)
                 total = total + self.iou_head_weight * mse
                 parts["mse_ious_loss"] = mse.detach()
             parts["loss"] = total.detach()
@@ -268,14 +289,16 @@ class MultiMaskLoss(nn.Module):
             parts[f"{name}_best"] = best_term.detach()
             parts[f"{name}_full"] = full_term.detach()
         if self.iou_head_weight and "pred_iou" in outputs:
-            mse = self._iou_head_term(outputs["pred_iou"], logits, target, ious)
+            mse = self._iou_head_term(outputs["pred_iou"], logits, target, ious,
+                                      iou_head_weights)
             total = total + self.iou_head_weight * mse
             parts["mse_ious_loss"] = mse.detach()
         if self.iou_rank_weight and "pred_iou" in outputs:
             # Scores on the IoU scale, sharpened by the temperature, so the term ranks the same
             # quantity the MSE regresses; targets are the best candidate by measured IoU.
             scores = torch.sigmoid(outputs["pred_iou"].float()) / self.iou_rank_temperature
-            rank = F.cross_entropy(scores, best)
+            rank = _weighted_mean(F.cross_entropy(scores, best, reduction="none"),
+                                  iou_head_weights)
             total = total + self.iou_rank_weight * rank
             parts["iou_rank_loss"] = rank.detach()
         parts["best_iou"] = ious.max(1).values.mean().detach()

@@ -251,6 +251,19 @@ def initial_state(path: str) -> dict[str, torch.Tensor]:
     return torch.load(path, map_location="cpu", weights_only=False)["state_dict"]
 
 
+def check_iou_head_sources(cfg: DictConfig, train_set: Any) -> None:
+    """``loss.iou_head_sources`` must name training sources: a typo would silently leave the
+    IoU head without any training signal."""
+    wanted = cfg.loss.get("iou_head_sources")
+    if not wanted:
+        return
+    have = {source.name for source in getattr(train_set, "sources", [])}
+    unknown = sorted(set(wanted) - have)
+    if unknown:
+        raise ValueError(f"loss.iou_head_sources names unknown training sources {unknown}; "
+                         f"the training sources are {sorted(have)}")
+
+
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Train (and test) as configured. Returns a small summary."""
     validate(cfg)
@@ -264,6 +277,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     splits = resolve_splits(cfg.dataset, seed=seed)  # data errors surface before the model
     log.info("[data] %s", splits.describe())
     train_set, val_set = build_datasets(cfg.dataset, splits)
+    check_iou_head_sources(cfg, train_set)
     train_loader, val_loader = build_dataloaders(
         cfg.dataset, train_set, val_set, pin_memory=cfg.backend.accelerator != "cpu")
 
