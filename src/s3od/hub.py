@@ -126,6 +126,20 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], s
     return state, meta.get("architecture"), dict(meta.get("config") or {})
 
 
+def _lite_variant(sd: dict[str, torch.Tensor]) -> str:
+    """EfficientNet-Lite0/1/2 by the depth of stage 1 and the width of stage 2."""
+    from s3od.modeling.encoders.efficientnet_lite import VARIANTS
+
+    depth = 1 + max((int(m.group(1)) for k in sd
+                     if (m := re.match(r"encoder\.stages\.1\.(\d+)\.", k))), default=-1)
+    width = sd.get("encoder.stages.2.0.project.conv.weight")
+    for name, stages in VARIANTS.items():
+        if stages[1][4] == depth and width is not None and stages[2][3] == width.shape[0]:
+            return name
+    raise CheckpointError(f"unknown EfficientNet-Lite encoder: stage 1 has {depth} blocks, "
+                          f"stage 2 width {None if width is None else width.shape[0]}")
+
+
 def infer_config(state_dict: dict[str, torch.Tensor]) -> tuple[str, dict[str, Any]]:
     """Guess architecture and constructor arguments from tensor shapes (for bare checkpoints)."""
     sd = state_dict
@@ -166,7 +180,8 @@ def infer_config(state_dict: dict[str, torch.Tensor]) -> tuple[str, dict[str, An
         out_channels = [int(sd[f"seg_head.projects.{i}.weight"].shape[0]) for i in range(4)]
         return "dpt_dinov3", {"encoder_config": enc, "out_channels": out_channels, **head}
     if any(k.startswith("encoder.stem.") for k in sd):
-        return "lite", head
+        variant = _lite_variant(sd)
+        return "lite", {**head, "encoder": variant} if variant != "lite0" else head
     raise CheckpointError("cannot tell the encoder type from the checkpoint keys")
 
 

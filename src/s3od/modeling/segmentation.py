@@ -22,7 +22,7 @@ from s3od.modeling.encoders.dinov3 import (
     patch_size_of,
 )
 from s3od.modeling.encoders.efficientnet_lite import (
-    EfficientNetLite0Features,
+    EfficientNetLiteFeatures,
     load_imagenet_weights,
 )
 
@@ -69,7 +69,8 @@ class DPTSegmentation(nn.Module):
 
 
 class LiteSegmentation(nn.Module):
-    """EfficientNet-Lite0 + the same decoder and heads, for fast CPU inference."""
+    """EfficientNet-Lite (``encoder``: lite0, lite1, lite2) + the same decoder and heads, for fast
+    CPU inference."""
 
     size_multiple = 32
 
@@ -84,9 +85,10 @@ class LiteSegmentation(nn.Module):
         pretrained_encoder: bool = False,
         mask_stride: int = 1,
         iou_head: str = "global",
+        encoder: str = "lite0",
     ) -> None:
         super().__init__()
-        self.encoder = EfficientNetLite0Features()
+        self.encoder = EfficientNetLiteFeatures(encoder)
         if pretrained_encoder:
             load_imagenet_weights(self.encoder)
         self.num_masks = num_masks

