@@ -12,6 +12,8 @@ outputs are computed once and cached, and each head variant trains in seconds on
 2. ``train``: fit each requested head on the cached training samples (AdamW, one-cycle LR,
    horizontal flips) and report, on the held-out split, the correlation of predicted and true
    IoU, how often the pick is the truly best candidate (ties count), and the IoU of the pick.
+   ``--sources human`` trains on the human-annotated samples only (not the teacher's
+   pseudo-labels); the table then also says which candidate is best how often, per source.
 
 Example (this machine: 2-core AMD EPYC, about 8 min for the cache, seconds to minutes a head)::
 
@@ -21,6 +23,15 @@ Example (this machine: 2-core AMD EPYC, about 8 min for the cache, seconds to mi
     python benchmarks/iou_head_variants.py train --cache /tmp/heads \\
         --variant stats --variant stats+rank --variant stats+context --variant features \\
         --seeds 0,1,2
+
+The v5 release (384 px) with the image-evidence variant (model card, v5 head experiments)::
+
+    S3OD_PSEUDO_DIR=runs/distill/parquet python benchmarks/iou_head_variants.py cache \
+        --weights src/s3od/weights/s3od-lite.safetensors --image-size 384 --passes 2 \
+        --out /tmp/heads-v5
+    python benchmarks/iou_head_variants.py train --cache /tmp/heads-v5 --variant stats \
+        --variant stats+evidence --variant stats+evidence+context --sources all,human \
+        --seeds 0,1,2 --epochs 30
 """
 
 from __future__ import annotations
@@ -58,7 +69,8 @@ def cache(args: argparse.Namespace) -> None:
     torch.manual_seed(0)
     with initialize_config_module("synth_sod.model_training.config", version_base=None):
         cfg = compose("train", overrides=["model=lite_v3", "dataset=lite_distill",
-                                          f"data_dir={args.shared}"])
+                                          f"data_dir={args.shared}",
+                                          f"dataset.image_size={args.image_size}"])
     train_set, val_set = build_datasets(cfg.dataset, resolve_splits(cfg.dataset, seed=42))
     with safe_open(str(args.weights), "pt") as f:
         meta = json.loads(f.metadata()["s3od"])
@@ -71,7 +83,8 @@ def cache(args: argparse.Namespace) -> None:
         loader = torch.utils.data.DataLoader(ds, batch_size=16, shuffle=name == "train",
                                              num_workers=1)
         parts: dict[str, list[torch.Tensor]] = {"features": [], "small": [], "stats": [],
-                                                "iou": []}
+                                                "iou": [], "image": []}
+        keys: list[str] = []
         start = time.time()
         with torch.inference_mode():
             for _ in range(passes):
@@ -84,33 +97,76 @@ def cache(args: argparse.Namespace) -> None:
                     parts["small"].append(F.avg_pool2d(probs, factor).half())
                     parts["stats"].append(MaskStatisticsIoUHead.mask_statistics(probs))
                     parts["iou"].append(hard_iou(logits, batch["masks"]))
-        data = {k: torch.cat(v) for k, v in parts.items()}
+                    # The photo at the decoder features' resolution, for image-evidence heads.
+                    parts["image"].append(F.adaptive_avg_pool2d(
+                        batch["images"].float(), out["features"].shape[-2:]).to(torch.uint8))
+                    keys += list(batch["key"])
+        data: dict[str, object] = {k: torch.cat(v) for k, v in parts.items()}
+        data["source"] = [key.split("/", 1)[0] for key in keys]
         torch.save(data, args.out / f"{name}.pt")
-        print(f"{name}: {len(data['iou'])} samples in {time.time() - start:.0f} s; "
-              f"candidate mean IoU {data['iou'].mean(0).numpy().round(3)}, "
-              f"oracle {data['iou'].max(1).values.mean():.3f}", flush=True)
+        iou = data["iou"]
+        assert isinstance(iou, torch.Tensor)
+        print(f"{name}: {len(iou)} samples in {time.time() - start:.0f} s; "
+              f"candidate mean IoU {iou.mean(0).numpy().round(3)}, "
+              f"oracle {iou.max(1).values.mean():.3f}", flush=True)
 
 
 # ----------------------------------------------------------------------------- heads
 
 
+def image_evidence(image: torch.Tensor, small: torch.Tensor) -> torch.Tensor:
+    """``(B, 3, h, w)`` uint8 photo and ``(B, K, h, w)`` candidate maps -> ``(B, K, 3)``: how
+    well each candidate's outline follows the photo's edges (mean image gradient under the
+    map's gradient, relative to the photo's mean gradient), the colour contrast between its
+    inside and outside, and the colour spread left within the two regions (both relative to
+    the photo's colour spread). A good mask should sit on edges and split the colours."""
+    rgb = image.float() / 255.0
+    sobel = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]])[None, None] / 8
+
+    def gradient(x: torch.Tensor) -> torch.Tensor:
+        gx = F.conv2d(x, sobel, padding=1)
+        gy = F.conv2d(x, sobel.transpose(-1, -2), padding=1)
+        return torch.sqrt(gx**2 + gy**2 + 1e-8)[..., 1:-1, 1:-1]
+
+    b, k, h, w = small.shape
+    g = gradient(rgb.mean(1, keepdim=True))
+    outline = gradient(small.reshape(b * k, 1, h, w)).reshape(b, k, h - 2, w - 2)
+    align = ((outline * g).sum((2, 3)) / outline.sum((2, 3)).clamp_min(1e-6)
+             / g.mean((2, 3)).clamp_min(1e-6))
+    inside = small / small.sum((2, 3), keepdim=True).clamp_min(1e-6)
+    outside = (1 - small) / (1 - small).sum((2, 3), keepdim=True).clamp_min(1e-6)
+    mean_in = torch.einsum("bkhw,bchw->bkc", inside, rgb)
+    mean_out = torch.einsum("bkhw,bchw->bkc", outside, rgb)
+    spread = rgb.std((2, 3)).mean(1, keepdim=True).clamp_min(1e-3)
+    contrast = (mean_in - mean_out).norm(dim=-1) / spread
+    var = (torch.einsum("bkhw,bchw->bkc", inside, rgb**2) - mean_in**2).clamp_min(0).sum(-1) + (
+        torch.einsum("bkhw,bchw->bkc", outside, rgb**2) - mean_out**2).clamp_min(0).sum(-1)
+    return torch.stack([align / 5, contrast, var.sqrt() / spread], -1)
+
+
 class StatsHead(nn.Module):
     """The shipped design (8 map statistics + candidate index), optionally with the other
-    candidates' statistics as context."""
+    candidates' statistics as context and with :func:`image_evidence`."""
 
-    def __init__(self, context: bool = False, hidden: int = 32) -> None:
+    def __init__(self, context: bool = False, evidence: bool = False, hidden: int = 32) -> None:
         super().__init__()
         self.context = context
-        n = 8 + 3 + (24 if context else 0)
+        self.evidence = evidence
+        per = 8 + (3 if evidence else 0)
+        n = per + 3 + (3 * per if context else 0)
         self.mlp = nn.Sequential(nn.Linear(n, hidden), nn.ReLU(), nn.Linear(hidden, hidden),
                                  nn.ReLU(), nn.Linear(hidden, 1))
 
-    def forward(self, features: torch.Tensor, small: torch.Tensor,
-                stats: torch.Tensor) -> torch.Tensor:
+    def forward(self, features: torch.Tensor, small: torch.Tensor, stats: torch.Tensor,
+                image: torch.Tensor | None = None) -> torch.Tensor:
         b = len(stats)
+        if self.evidence:
+            if image is None:
+                raise ValueError("this head needs the cached photos: rerun `cache`")
+            stats = torch.cat([stats, image_evidence(image, small)], -1)
         parts = [stats, torch.eye(3)[None].expand(b, 3, 3)]
         if self.context:
-            parts.append(stats.flatten(1)[:, None].expand(b, 3, 24))
+            parts.append(stats.flatten(1)[:, None].expand(b, 3, stats.shape[-1] * 3))
         return self.mlp(torch.cat(parts, -1)).squeeze(-1)
 
 
@@ -124,8 +180,8 @@ class FeatureHead(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(3 * hidden + 8 + 3, hidden), nn.ReLU(),
                                  nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, 1))
 
-    def forward(self, features: torch.Tensor, small: torch.Tensor,
-                stats: torch.Tensor) -> torch.Tensor:
+    def forward(self, features: torch.Tensor, small: torch.Tensor, stats: torch.Tensor,
+                image: torch.Tensor | None = None) -> torch.Tensor:
         x = self.project(features)
 
         def pool(w: torch.Tensor) -> torch.Tensor:
@@ -141,8 +197,14 @@ VARIANTS = {
     "stats": (lambda: StatsHead(), 0.0),
     "stats+rank": (lambda: StatsHead(), 0.3),
     "stats+context": (lambda: StatsHead(context=True), 0.0),
+    "stats+evidence": (lambda: StatsHead(evidence=True), 0.0),
+    "stats+evidence+context": (lambda: StatsHead(context=True, evidence=True), 0.0),
     "features": (lambda: FeatureHead(), 1.0),
 }
+
+
+def _image(data: dict[str, torch.Tensor], idx: torch.Tensor | slice) -> torch.Tensor | None:
+    return data["image"][idx] if "image" in data else None
 
 
 def scores_of(head: nn.Module, data: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -150,7 +212,8 @@ def scores_of(head: nn.Module, data: dict[str, torch.Tensor]) -> torch.Tensor:
     with torch.no_grad():
         return torch.cat([torch.sigmoid(head(data["features"][i:i + 64].float(),
                                              data["small"][i:i + 64].float(),
-                                             data["stats"][i:i + 64]))
+                                             data["stats"][i:i + 64],
+                                             _image(data, slice(i, i + 64))))
                           for i in range(0, len(data["iou"]), 64)])
 
 
@@ -176,10 +239,12 @@ def train_head(name: str, seed: int, train: dict[str, torch.Tensor], epochs: int
         for i in range(0, n - batch + 1, batch):
             idx = order[i:i + batch]
             feats, small = train["features"][idx].float(), train["small"][idx].float()
+            image = _image(train, idx)
             if torch.rand(()) < 0.5:
                 feats, small = feats.flip(-1), small.flip(-1)
+                image = image.flip(-1) if image is not None else None
             target = train["iou"][idx]
-            out = head(feats, small, train["stats"][idx])
+            out = head(feats, small, train["stats"][idx], image)
             loss = F.binary_cross_entropy_with_logits(out, target)
             if rank_weight:
                 loss = loss + rank_weight * F.cross_entropy(out, torch.softmax(target / 0.05, 1))
@@ -190,17 +255,51 @@ def train_head(name: str, seed: int, train: dict[str, torch.Tensor], epochs: int
     return head
 
 
+#: Sources whose masks a teacher made (``dataset=lite_distill``); the rest are human masks.
+TEACHER_SOURCES = ("pseudo-unlabeled",)
+
+
+def select(data: dict, keep: list[bool]) -> dict:
+    """The cached samples where ``keep`` is true."""
+    idx = torch.tensor(keep)
+    return {k: (v[idx] if isinstance(v, torch.Tensor)
+                else [x for x, y in zip(v, keep, strict=True) if y])
+            for k, v in data.items()}
+
+
 def train(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
     data = {name: torch.load(args.cache / f"{name}.pt") for name in ("train", "val")}
-    print("| head | seed | held-out correlation | picks the truly best | IoU of the pick |")
-    print("|---|--:|--:|--:|--:|")
-    for name in args.variant:
-        for seed in (int(s) for s in args.seeds.split(",")):
-            head = train_head(name, seed, data["train"], args.epochs)
-            r = report(scores_of(head, data["val"]), data["val"]["iou"])
-            print(f"| {name} | {seed} | {r['corr']:.3f} | {r['picks_best']:.0%} | "
-                  f"{r['picked_iou']:.4f} |", flush=True)
+    sources = data["train"].get("source")
+    if sources is not None:
+        print("Best candidate per training source (counts of candidates 0/1/2):")
+        for name in sorted(set(sources)):
+            best = select(data["train"], [s == name for s in sources])["iou"].argmax(1)
+            print(f"- {name}: {torch.bincount(best, minlength=3).tolist()}")
+        print(f"- held-out: {torch.bincount(data['val']['iou'].argmax(1), minlength=3).tolist()}")
+    val_iou = data["val"]["iou"]
+    for k in range(val_iou.shape[1]):
+        always = float((val_iou[:, k] >= val_iou.max(1).values).float().mean())
+        print(f"Always candidate {k}: picks the truly best on {always:.0%} of held-out photos")
+    print("\n| head | trained on | seed | held-out correlation | picks the truly best "
+          "| IoU of the pick |")
+    print("|---|---|--:|--:|--:|--:|")
+    for subset in args.sources.split(","):
+        if subset == "human":
+            if sources is None:
+                raise SystemExit("--sources human needs a cache with source names: rerun `cache`")
+            train_data = select(data["train"], [s not in TEACHER_SOURCES for s in sources])
+        elif subset == "all":
+            train_data = data["train"]
+        else:
+            raise SystemExit(f"--sources takes all and/or human, got {subset!r}")
+        for name in args.variant:
+            for seed in (int(s) for s in args.seeds.split(",")):
+                head = train_head(name, seed, train_data, args.epochs)
+                r = report(scores_of(head, data["val"]), val_iou)
+                print(f"| {name} | {subset} ({len(train_data['iou'])}) | {seed} | "
+                      f"{r['corr']:.3f} | {r['picks_best']:.0%} | {r['picked_iou']:.4f} |",
+                      flush=True)
 
 
 def main() -> int:
@@ -212,12 +311,15 @@ def main() -> int:
     c.add_argument("--passes", type=int, default=3, help="augmented passes over training")
     c.add_argument("--out", type=Path, required=True)
     c.add_argument("--threads", type=int, default=2)
+    c.add_argument("--image-size", type=int, default=320, help="input size (v5: 384)")
     t = sub.add_parser("train", help="fit head variants on the cache and score them")
     t.add_argument("--cache", type=Path, required=True)
     t.add_argument("--variant", action="append", choices=sorted(VARIANTS), required=True)
     t.add_argument("--seeds", default="0")
     t.add_argument("--epochs", type=int, default=8)
     t.add_argument("--threads", type=int, default=1)
+    t.add_argument("--sources", default="all",
+                   help="train on all samples and/or only the human-annotated ones: all,human")
     args = parser.parse_args()
     cache(args) if args.command == "cache" else train(args)
     return 0

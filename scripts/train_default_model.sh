@@ -83,7 +83,8 @@ stage lite_v5_bce_384 "$WORK/checkpoints/lite_v5_bce/last.ckpt" model=lite_v4 \
   'model.trainable=[]' loss=bce_iou_head dataset.image_size=384 \
   backend.max_epochs="${HIRES_EPOCHS:-3}" scheduler.constant_epochs=1 optimizer.lr=3e-5
 
-# 9. Export the last checkpoint as the bundled fp16 weights (OUT=... to write elsewhere first).
+# 9. Export the last checkpoint as the bundled fp16 weights (OUT=... to write elsewhere first);
+#    the file records the stage's input size (384), the size it runs at when loaded by path.
 python -m synth_sod.model_training.export "$WORK/checkpoints/lite_v5_bce_384/last.ckpt" \
   "$OUT" --dtype fp16 --name s3od-lite
 sha256sum "$OUT"

@@ -56,10 +56,13 @@ def test_shipped_weights_file():
         names = f.keys()
         dtypes = {str(f.get_slice(k).get_dtype()) for k in names}
     assert meta["architecture"] == "lite" and meta["name"] == "s3od-lite"
-    # The file's own config and the registry's must agree (a bare copy loads by the registry's).
-    from s3od.registry import LITE_CONFIG
+    # The file's own config and the registry's must agree, and the file carries the input size
+    # it was trained at, so a copy loaded by path runs at 384 like the registry entry.
+    from s3od.hub import resolve
+    from s3od.registry import LITE_CONFIG, LITE_IMAGE_SIZE
 
-    assert meta["config"] == LITE_CONFIG
+    assert meta["config"] == {**LITE_CONFIG, "image_size": LITE_IMAGE_SIZE}
+    assert resolve(WEIGHTS).image_size == LITE_IMAGE_SIZE == 384
     assert "F32" not in dtypes and "F16" in dtypes
 
 
