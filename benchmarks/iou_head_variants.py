@@ -158,12 +158,12 @@ class StatsHead(nn.Module):
                                  nn.ReLU(), nn.Linear(hidden, 1))
 
     def forward(self, features: torch.Tensor, small: torch.Tensor, stats: torch.Tensor,
-                image: torch.Tensor | None = None) -> torch.Tensor:
+                evidence: torch.Tensor | None = None) -> torch.Tensor:
         b = len(stats)
         if self.evidence:
-            if image is None:
+            if evidence is None:
                 raise ValueError("this head needs the cached photos: rerun `cache`")
-            stats = torch.cat([stats, image_evidence(image, small)], -1)
+            stats = torch.cat([stats, evidence], -1)
         parts = [stats, torch.eye(3)[None].expand(b, 3, 3)]
         if self.context:
             parts.append(stats.flatten(1)[:, None].expand(b, 3, stats.shape[-1] * 3))
@@ -181,7 +181,7 @@ class FeatureHead(nn.Module):
                                  nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, 1))
 
     def forward(self, features: torch.Tensor, small: torch.Tensor, stats: torch.Tensor,
-                image: torch.Tensor | None = None) -> torch.Tensor:
+                evidence: torch.Tensor | None = None) -> torch.Tensor:
         x = self.project(features)
 
         def pool(w: torch.Tensor) -> torch.Tensor:
@@ -203,17 +203,35 @@ VARIANTS = {
 }
 
 
-def _image(data: dict[str, torch.Tensor], idx: torch.Tensor | slice) -> torch.Tensor | None:
-    return data["image"][idx] if "image" in data else None
+def _features(head: nn.Module, data: dict[str, torch.Tensor],
+              idx: torch.Tensor | slice) -> torch.Tensor:
+    """The cached decoder features, for the heads that read them (copying them for the others
+    made each fit minutes instead of seconds)."""
+    if isinstance(head, FeatureHead):
+        return data["features"][idx].float()
+    return torch.empty(0)
+
+
+def _evidence(data: dict[str, torch.Tensor], idx: torch.Tensor | slice) -> torch.Tensor | None:
+    return data["evidence"][idx] if "evidence" in data else None
+
+
+def add_evidence(data: dict[str, torch.Tensor]) -> None:
+    """:func:`image_evidence` of every cached sample, once (it does not change under the
+    horizontal flips of training)."""
+    if "image" in data:
+        data["evidence"] = torch.cat([
+            image_evidence(data["image"][i:i + 256], data["small"][i:i + 256].float())
+            for i in range(0, len(data["iou"]), 256)])
 
 
 def scores_of(head: nn.Module, data: dict[str, torch.Tensor]) -> torch.Tensor:
     head.eval()
     with torch.no_grad():
-        return torch.cat([torch.sigmoid(head(data["features"][i:i + 64].float(),
+        return torch.cat([torch.sigmoid(head(_features(head, data, slice(i, i + 64)),
                                              data["small"][i:i + 64].float(),
                                              data["stats"][i:i + 64],
-                                             _image(data, slice(i, i + 64))))
+                                             _evidence(data, slice(i, i + 64))))
                           for i in range(0, len(data["iou"]), 64)])
 
 
@@ -238,13 +256,11 @@ def train_head(name: str, seed: int, train: dict[str, torch.Tensor], epochs: int
         order = torch.randperm(n)
         for i in range(0, n - batch + 1, batch):
             idx = order[i:i + batch]
-            feats, small = train["features"][idx].float(), train["small"][idx].float()
-            image = _image(train, idx)
+            feats, small = _features(head, train, idx), train["small"][idx].float()
             if torch.rand(()) < 0.5:
                 feats, small = feats.flip(-1), small.flip(-1)
-                image = image.flip(-1) if image is not None else None
             target = train["iou"][idx]
-            out = head(feats, small, train["stats"][idx], image)
+            out = head(feats, small, train["stats"][idx], _evidence(train, idx))
             loss = F.binary_cross_entropy_with_logits(out, target)
             if rank_weight:
                 loss = loss + rank_weight * F.cross_entropy(out, torch.softmax(target / 0.05, 1))
@@ -270,6 +286,9 @@ def select(data: dict, keep: list[bool]) -> dict:
 def train(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
     data = {name: torch.load(args.cache / f"{name}.pt") for name in ("train", "val")}
+    if any("evidence" in name for name in args.variant):
+        for part in data.values():
+            add_evidence(part)
     sources = data["train"].get("source")
     if sources is not None:
         print("Best candidate per training source (counts of candidates 0/1/2):")
