@@ -24,7 +24,6 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 REPO = Path(__file__).resolve().parents[1]
-SPLIT = REPO / "src" / "synth_sod" / "model_training" / "splits" / "lite_eval_bsds300.txt"
 
 
 def main() -> int:
@@ -36,15 +35,14 @@ def main() -> int:
     parser.add_argument("--images", type=int, default=20)
     args = parser.parse_args()
 
-    from quality import speed_table
+    from quality import read_split, speed_table
 
     from s3od.export import export_onnx
     from s3od.hub import save_checkpoint
     from s3od.modeling import LiteSegmentation
     from s3od.registry import LITE_CONFIG
 
-    ids = [line.strip() for line in SPLIT.read_text().splitlines()
-           if line.strip() and not line.startswith("#")]
+    ids = read_split()
     folder = args.shared / "data" / "sod-bsds300" / "images"
     if not folder.is_dir():
         print(f"error: no photos at {folder} (pass --shared)", file=sys.stderr)

@@ -35,7 +35,6 @@ VARIANTS: dict[str, tuple[tuple[int, int, int, int, int], ...]] = {
     "lite0": LITE0_STAGES, "lite1": LITE1_STAGES, "lite2": LITE2_STAGES}
 # Stages whose output is returned: strides 4, 8, 16, 32.
 FEATURE_STAGES = (1, 2, 4, 6)
-FEATURE_CHANNELS = (24, 40, 112, 320)  # Lite0's (and Lite1's)
 
 
 def _conv_bn(cin: int, cout: int, k: int, stride: int = 1, groups: int = 1, act: bool = True):
