@@ -12,20 +12,28 @@ The file plan depends only on the sorted sample ids and ``rows_per_file``, so sh
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
 from synth_sod.data_generation.mining import category_of
+from synth_sod.data_generation.samples import (
+    SampleError,
+    check_sample,
+    describe_ignored,
+    list_images,
+    read_metadata,
+)
 from synth_sod.data_generation.sharding import (
     Manifest,
     PipelineError,
     Shard,
     atomic_save,
     progress,
+    readable_text,
     take_shard,
 )
 
@@ -40,6 +48,10 @@ class ExportRow:
     mask_path: Path
     caption: str
     category: str
+    #: why this sample cannot be exported as found while listing (bad metadata); checked again
+    #: with the pixels in :func:`check_rows`
+    problem: str | None = None
+    metadata_path: Path | None = None
 
 
 def features():
@@ -53,44 +65,84 @@ def features():
 
 
 def _row(sid: str, image: Path, mask: Path, meta_path: Path, default_category: str) -> ExportRow:
-    meta = {}
-    if meta_path.is_file():
-        try:
-            meta = json.loads(meta_path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError:
-            log.warning("unreadable metadata %s", meta_path)
-    return ExportRow(sid, image, mask, str(meta.get("caption") or ""),
-                     str(meta.get("category") or default_category))
+    try:
+        meta = read_metadata(meta_path)
+    except SampleError as err:
+        return ExportRow(sid, image, mask, "", default_category, str(err), meta_path)
+    return ExportRow(sid, image, mask, meta.get("caption") or "",
+                     meta.get("category") or default_category, None, meta_path)
+
+
+def _pairs(images_dir: Path, masks_dir: Path, other: list[Path], without_mask: list[Path],
+           duplicates: list[Path]) -> list[tuple[Path, Path]]:
+    images, rest = list_images(images_dir)
+    other += [p for p in rest if p.is_file()]
+    stems = Counter(p.stem for p in images)
+    pairs = []
+    for img in images:
+        mask = masks_dir / f"{img.stem}.png"
+        if stems[img.stem] > 1:
+            duplicates.append(img)
+        elif mask.exists():
+            pairs.append((img, mask))
+        else:
+            without_mask.append(img)
+    return pairs
 
 
 def collect_rows(input_dir: str | os.PathLike) -> list[ExportRow]:
     """Samples of a filtered flat folder (``images/``, ``masks/``, ``metadata/``) or of a raw
-    generation folder (``<class>/images`` ...), sorted by id."""
+    generation folder (``<class>/images`` ...), sorted by id.
+
+    Images are the files with a suffix of :data:`IMAGE_SUFFIXES` (what ``pseudo-label`` and
+    ``filter`` write); files left out (other suffix, no mask, a stem used twice) are named in a
+    warning.
+    """
     root = Path(input_dir)
     if not root.is_dir():
-        raise PipelineError(f"input folder not found: {root}")
+        raise PipelineError(f"input folder not found: {readable_text(str(root))}")
     rows: list[ExportRow] = []
-    suffixes = (".jpg", ".jpeg", ".png")
+    other: list[Path] = []
+    without_mask: list[Path] = []
+    duplicates: list[Path] = []
     if (root / "images").is_dir():
-        for img in (root / "images").iterdir():
-            mask = root / "masks" / f"{img.stem}.png"
-            if img.suffix.lower() in suffixes and mask.is_file() and not img.name.startswith("."):
-                rows.append(_row(img.stem, img, mask, root / "metadata" / f"{img.stem}.json",
-                                 category_of(img.stem)))
+        for img, mask in _pairs(root / "images", root / "masks", other, without_mask,
+                                duplicates):
+            rows.append(_row(img.stem, img, mask, root / "metadata" / f"{img.stem}.json",
+                             category_of(img.stem)))
     else:
-        for class_dir in (p for p in root.iterdir() if (p / "images").is_dir()):
-            for img in (class_dir / "images").iterdir():
-                mask = class_dir / "masks" / f"{img.stem}.png"
-                if img.suffix.lower() in suffixes and mask.is_file() and not img.name.startswith(
-                        "."):
-                    rows.append(_row(f"{class_dir.name}_{img.stem}", img, mask,
-                                     class_dir / "metadata" / f"{img.stem}.json", class_dir.name))
+        for class_dir in sorted(p for p in root.iterdir() if (p / "images").is_dir()):
+            for img, mask in _pairs(class_dir / "images", class_dir / "masks", other,
+                                    without_mask, duplicates):
+                rows.append(_row(f"{class_dir.name}_{img.stem}", img, mask,
+                                 class_dir / "metadata" / f"{img.stem}.json", class_dir.name))
+    ignored = describe_ignored(other, without_mask, duplicates)
+    if ignored:
+        log.warning("not exported: %s", ignored)
     if not rows:
-        raise PipelineError(f"no image/mask pairs under {root}")
+        raise PipelineError(f"no image/mask pairs under {readable_text(str(root))}")
     rows.sort(key=lambda r: r.id)
     if len({r.id for r in rows}) != len(rows):
-        raise PipelineError(f"{root}: duplicate sample ids (same stem with two extensions?)")
+        raise PipelineError(f"{readable_text(str(root))}: duplicate sample ids (same stem with "
+                            "two extensions?)")
     return rows
+
+
+def check_rows(rows: list[ExportRow]) -> tuple[list[ExportRow], list[tuple[str, str]]]:
+    """(rows that decode with equal image and mask sizes and good metadata, (id, why) of the
+    others): a row that would fail in training is not written."""
+    good, bad = [], []
+    for row in rows:
+        if row.problem:
+            bad.append((row.id, row.problem))
+            continue
+        try:
+            check_sample(row.image_path, row.mask_path, None, sample_id=row.id)
+        except SampleError as err:
+            bad.append((row.id, str(err)))
+            continue
+        good.append(row)
+    return good, bad
 
 
 def write_parquet(rows: list[ExportRow], path: Path, row_group_size: int = 100) -> Path:
@@ -141,13 +193,18 @@ def export_parquet(input_dir: str | os.PathLike, output_dir: str | os.PathLike, 
         if path.is_file():
             manifest.skip()
             continue
-        chunk = rows[k * rows_per_file:(k + 1) * rows_per_file]
+        chunk, bad = check_rows(rows[k * rows_per_file:(k + 1) * rows_per_file])
+        for sample_id, why in bad:
+            log.warning("not exported: %s: %s", readable_text(sample_id), why)
+            manifest.fail(sample_id, why)
+        if not chunk:
+            continue
         try:
             write_parquet(chunk, path, row_group_size)
         except OSError as err:
             manifest.fail(path.name, err)
             continue
-        manifest.record({"file": path.name, "rows": len(chunk)})
+        manifest.record({"file": path.name, "rows": len(chunk), "left_out": len(bad)})
     manifest.close()
     return manifest
 

@@ -15,7 +15,6 @@ Filters run in order and the first failure stops the chain.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
@@ -34,12 +33,19 @@ from synth_sod.data_generation.configs import build_config, load_mapping
 from synth_sod.data_generation.filters import BaseFilter, FilterResult, Sample, build_filter
 from synth_sod.data_generation.filters.vlm import overlay
 from synth_sod.data_generation.llm import LLMError
+from synth_sod.data_generation.samples import (
+    SampleError,
+    check_sample,
+    describe_ignored,
+    list_images,
+)
 from synth_sod.data_generation.sharding import (
     Manifest,
     PipelineError,
     Shard,
     atomic_write_json,
     progress,
+    readable_text,
     take_shard,
 )
 
@@ -70,26 +76,45 @@ def _index_key(stem: str) -> tuple[int, str]:
 
 def discover_samples(input_path: str | os.PathLike,
                      max_per_class: int | None = None) -> list[Sample]:
-    """Every ``<class>/images/<idx>.*`` with a ``masks/<idx>.png``, ordered by class and index."""
+    """Every ``<class>/images/<idx>.*`` (suffixes of :data:`IMAGE_SUFFIXES`) with a
+    ``masks/<idx>.png``, ordered by class and index; files left out are named in a warning."""
+    samples, ignored = _discover(input_path, max_per_class)
+    if ignored:
+        log.warning("not samples: %s", ignored)
+    return samples
+
+
+def _discover(input_path: str | os.PathLike, max_per_class: int | None) -> tuple[list[Sample],
+                                                                                  str]:
     root = Path(input_path)
     if not root.is_dir():
-        raise PipelineError(f"input folder not found: {root}")
+        raise PipelineError(f"input folder not found: {readable_text(str(root))}")
     samples: list[Sample] = []
+    other: list[Path] = []
+    without_mask: list[Path] = []
+    duplicates: list[Path] = []
     for class_dir in sorted(p for p in root.iterdir() if (p / "images").is_dir()):
         found = []
-        for img in (class_dir / "images").iterdir():
-            if img.suffix.lower() not in (".jpg", ".jpeg", ".png") or img.name.startswith("."):
+        images, rest = list_images(class_dir / "images")
+        other += [p for p in rest if p.is_file()]
+        stems = Counter(p.stem for p in images)
+        for img in images:
+            if stems[img.stem] > 1:  # 0.jpg and 0.webp: one id, two images
+                duplicates.append(img)
                 continue
             mask = class_dir / "masks" / f"{img.stem}.png"
-            if mask.is_file():
+            if mask.exists():
                 meta = class_dir / "metadata" / f"{img.stem}.json"
                 found.append(Sample(img, mask, class_dir.name, img.stem,
-                                    meta if meta.is_file() else None))
+                                    meta if meta.exists() else None))
+            else:
+                without_mask.append(img)
         found.sort(key=lambda s: _index_key(s.sample_id))
         samples += found[:max_per_class] if max_per_class else found
     if not samples:
-        raise PipelineError(f"no generated samples (<class>/images + <class>/masks) under {root}")
-    return samples
+        raise PipelineError("no generated samples (<class>/images + <class>/masks) under "
+                            f"{readable_text(str(root))}")
+    return samples, describe_ignored(other, without_mask, duplicates)
 
 
 def read_rejections(output_path: Path) -> set[str]:
@@ -135,12 +160,17 @@ def run_filtering(cfg: FilteringConfig, shard: Shard | None = None,
     names = [f.name for f in filters]
     if len(set(names)) != len(names):
         raise PipelineError(f"filter names must be unique, got {names}")
-    samples = take_shard(discover_samples(cfg.input_path, cfg.max_samples_per_class), shard)
+    found, ignored = _discover(cfg.input_path, cfg.max_samples_per_class)
+    if ignored:
+        log.warning("not samples: %s", ignored)
+    samples = take_shard(found, shard)
     rejected = read_rejections(out)
     todo = [s for s in samples
             if s.id not in rejected and not (out / "metadata" / f"{s.id}.json").is_file()]
     manifest = Manifest.create(out, "filter", shard, {"input_path": cfg.input_path,
                                                       "filters": names})
+    if ignored:
+        manifest.settings["not_samples"] = ignored
     manifest.total, manifest.skipped = len(samples), len(samples) - len(todo)
     if todo:
         for flt in filters:
@@ -151,6 +181,15 @@ def run_filtering(cfg: FilteringConfig, shard: Shard | None = None,
     with reject_file.open("a", encoding="utf-8") as rejections:
         for sample in progress(todo, total=len(todo), desc="filter"):
             try:
+                # decode, sizes, metadata: a broken sample is reported, never copied on
+                checked = check_sample(sample.image_path, sample.mask_path,
+                                       sample.metadata_path, sample_id=sample.id)
+            except SampleError as err:
+                log.warning("skipping %s: %s", readable_text(sample.id), err)
+                manifest.fail(sample.id, err)
+                stats["invalid"] += 1
+                continue
+            try:
                 verdict = None
                 for flt in filters:
                     result = flt.check(sample)
@@ -158,7 +197,7 @@ def run_filtering(cfg: FilteringConfig, shard: Shard | None = None,
                         verdict = (flt.name, result)
                         break
                 if verdict is None:
-                    _keep(sample, out)
+                    _keep(sample, out, checked.metadata)
                     stats["passed"] += 1
                     manifest.record()
                     continue
@@ -184,13 +223,11 @@ def run_filtering(cfg: FilteringConfig, shard: Shard | None = None,
     return manifest
 
 
-def _keep(sample: Sample, out: Path) -> None:
+def _keep(sample: Sample, out: Path, metadata: dict[str, Any]) -> None:
+    """Copy a sample that passed (metadata already read and checked by ``check_sample``)."""
     _copy_atomic(sample.image_path, out / "images" / f"{sample.id}{sample.image_path.suffix}")
     _copy_atomic(sample.mask_path, out / "masks" / f"{sample.id}.png")
-    meta: dict[str, Any] = {"id": sample.id, "category": sample.category}
-    if sample.metadata_path is not None:
-        with contextlib.suppress(json.JSONDecodeError, OSError):
-            meta = {**json.loads(sample.metadata_path.read_text(encoding="utf-8")), **meta}
+    meta: dict[str, Any] = {**metadata, "id": sample.id, "category": sample.category}
     atomic_write_json(out / "metadata" / f"{sample.id}.json", meta)
 
 

@@ -129,6 +129,15 @@ def take_shard(items: Sequence[T], shard: Shard, weights: Sequence[float] | None
 # ----------------------------------------------------------------------------- atomic writes
 
 
+def readable_text(text: str) -> str:
+    """``text`` with bytes of a non-UTF-8 file name (lone surrogates) shown as ``\\xNN``.
+
+    Python maps such bytes to surrogates, which ``str.encode("utf-8")`` refuses: a manifest or
+    log line naming the file would crash the step that wanted to report it.
+    """
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     """Write to a temporary file next to ``path`` and rename it into place."""
     path = Path(path)
@@ -226,7 +235,9 @@ class Manifest:
         self.skipped += 1
 
     def fail(self, item_id: str, error: BaseException | str) -> None:
-        self.failed.append({"id": item_id, "error": str(error)[:500]})
+        """One item failed; ids and messages from odd file names are made UTF-8 safe."""
+        self.failed.append({"id": readable_text(item_id),
+                            "error": readable_text(str(error))[:500]})
         self.save(force=False)
 
     def to_dict(self) -> dict[str, Any]:
@@ -269,3 +280,106 @@ def progress(iterable: Iterable[T], total: int | None = None, desc: str = "",
         disable = bool(os.environ.get("S3OD_NO_PROGRESS"))
     yield from tqdm(iterable, total=total, desc=desc, unit="item", dynamic_ncols=True,
                     mininterval=1.0, disable=disable)
+
+
+# ----------------------------------------------------------------------------- output locks
+
+
+def _pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists on this machine (signal 0 only asks)."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists, owned by another user
+        return True
+    return True
+
+
+class OutputLock:
+    """One writer per output folder and shard: ``<output>/manifests/<step>-<shard>.lock``.
+
+    Two runs of the same shard on one folder would both label every photo (each sees the
+    other's masks only once written). The lock file holds the owner's pid and host; it is held
+    with ``flock`` where the system has it, so a killed owner never blocks the next run. A lock
+    left by a process that no longer runs on this host is taken over (and said so); one whose
+    owner still runs is refused with :class:`PipelineError`. Released (and removed) on exit.
+    """
+
+    def __init__(self, output_dir: str | os.PathLike, step: str, shard: Shard) -> None:
+        self.path = Path(output_dir) / "manifests" / f"{step}-{shard.tag}.lock"
+        self.taken_over: dict[str, Any] | None = None
+        self._fd: int | None = None
+
+    def _read_owner(self) -> dict[str, Any]:
+        try:
+            owner = json.loads(self.path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return {}
+        return owner if isinstance(owner, dict) else {}
+
+    def _refuse(self, owner: dict[str, Any]) -> PipelineError:
+        who = f"pid {owner.get('pid', '?')} on {owner.get('host', '?')}"
+        return PipelineError(f"another run ({who}) is writing to this output folder and shard; "
+                             f"wait for it, or delete {self.path} if it no longer runs")
+
+    def acquire(self) -> OutputLock:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        host = socket.gethostname()
+        for _ in range(5):
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                if not self._lock(fd):
+                    raise self._refuse(self._read_owner())
+                if os.fstat(fd).st_ino != os.stat(self.path).st_ino:
+                    raise FileNotFoundError  # removed by its owner meanwhile: try again
+            except FileNotFoundError:
+                os.close(fd)
+                continue
+            except BaseException:
+                os.close(fd)
+                raise
+            owner = self._read_owner()
+            pid = owner.get("pid")
+            if owner and pid != os.getpid():
+                if (owner.get("host") == host and isinstance(pid, int)
+                        and _pid_alive(pid)):
+                    os.close(fd)
+                    raise self._refuse(owner)
+                self.taken_over = owner
+            record = json.dumps({"pid": os.getpid(), "host": host,
+                                 "started": time.strftime("%Y-%m-%dT%H:%M:%S")}).encode()
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, record, 0)
+            self._fd = fd
+            return self
+        raise PipelineError(f"cannot take the lock {self.path}: it keeps changing")
+
+    @staticmethod
+    def _lock(fd: int) -> bool:
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - Windows: the pid check alone decides
+            return True
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        return True
+
+    def release(self) -> None:
+        if self._fd is None:
+            return
+        try:
+            self.path.unlink(missing_ok=True)
+        finally:
+            os.close(self._fd)
+            self._fd = None
+
+    def __enter__(self) -> OutputLock:
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()

@@ -43,7 +43,10 @@ def build_filter(spec: Mapping[str, Any]) -> BaseFilter:
     if unknown:
         raise PipelineError(f"filter {kind}: unknown setting(s) {unknown}; "
                             f"valid: {sorted(accepted)}")
-    return cls(**spec)
+    try:
+        return cls(**spec)
+    except (TypeError, ValueError) as err:  # a setting of the wrong type or range
+        raise PipelineError(f"filter {kind}: {err}") from None
 
 
 __all__ = ["FILTERS", "BaseFilter", "FilterResult", "GemmaMaskArtifactFilter",

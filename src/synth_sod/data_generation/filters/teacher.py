@@ -8,12 +8,11 @@ large to be "the main object", fails.
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 
 from synth_sod.data_generation.filters.base import BaseFilter, FilterResult, Sample
 from synth_sod.data_generation.pseudo_label import mask_confidence
+from synth_sod.data_generation.samples import SampleError, number_in_range, read_metadata
 
 
 class TeacherAgreementFilter(BaseFilter):
@@ -22,18 +21,24 @@ class TeacherAgreementFilter(BaseFilter):
 
     def __init__(self, min_agreement: float = 0.85, name: str = "teacher_agreement") -> None:
         self.name = name
-        self.min_agreement = float(min_agreement)
+        threshold = number_in_range(min_agreement, 0.0, 1.0)
+        if threshold is None:
+            raise ValueError(f"min_agreement must be a number from 0 to 1, got {min_agreement!r}")
+        self.min_agreement = threshold
 
     def check(self, sample: Sample) -> FilterResult:
-        meta_path = sample.metadata_path
         try:
-            meta = json.loads(meta_path.read_text(encoding="utf-8")) if meta_path else {}
-        except (OSError, json.JSONDecodeError):
-            meta = {}
-        value = meta.get("agreement")
-        if not isinstance(value, (int, float)):
+            meta = read_metadata(sample.metadata_path)
+        except SampleError as err:
+            return FilterResult(False, 0.0, str(err))
+        if "agreement" not in meta:
             return FilterResult(False, 0.0, "no teacher agreement in the metadata (not written "
                                             "by the pseudo-label step?)")
+        # true/false, text, NaN or a value outside [0, 1] is no agreement: it must not pass
+        value = number_in_range(meta["agreement"], 0.0, 1.0)
+        if value is None:
+            return FilterResult(False, 0.0, f"teacher agreement {meta['agreement']!r} is not a "
+                                            "number from 0 to 1")
         ok = value >= self.min_agreement
         reason = "" if ok else f"teacher views agree at IoU {value:.3f} < {self.min_agreement}"
         return FilterResult(ok, float(value), reason)
