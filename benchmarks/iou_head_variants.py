@@ -285,7 +285,8 @@ def select(data: dict, keep: list[bool]) -> dict:
 
 def train(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
-    data = {name: torch.load(args.cache / f"{name}.pt") for name in ("train", "val")}
+    data = {name: torch.load(args.cache / f"{name}.pt", weights_only=True)
+            for name in ("train", "val")}
     if any("evidence" in name for name in args.variant):
         for part in data.values():
             add_evidence(part)

@@ -108,7 +108,7 @@ def test_ddp_over_nccl_trains_a_multi_mask_model(tmp_path, processes, precision)
     assert out.returncode == 0, text[-4000:]
     assert "distributed_backend=nccl" in text
     ckpt = torch.load(tmp_path / "run" / "checkpoints" / "gpu" / "last.ckpt",
-                      map_location="cpu", weights_only=False)
+                      map_location="cpu", weights_only=True)
     assert ckpt["global_step"] == 4
     metrics = next((tmp_path / "run" / "logs" / "gpu").glob("version_*/metrics.csv")).read_text()
     assert "train_full_mask_lambda_epoch" in metrics and "val_iou" in metrics

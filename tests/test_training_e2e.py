@@ -52,7 +52,7 @@ def test_train_resume_test_stage_export_predict(tmp_path):
     ckpt_dir = tmp_path / "run" / "checkpoints" / "tiny"
     last = ckpt_dir / "last.ckpt"
     assert last.is_file()
-    assert torch.load(last, map_location="cpu", weights_only=False)["global_step"] == 2
+    assert torch.load(last, map_location="cpu", weights_only=True)["global_step"] == 2
     # test stage ran the evaluation API on the configured set and wrote its table
     results = tmp_path / "run" / "logs" / "tiny" / "test_results.csv"
     assert results.is_file() and "s3od-fixture" in results.read_text()
@@ -63,7 +63,7 @@ def test_train_resume_test_stage_export_predict(tmp_path):
                     "train_stage.evaluation.enabled=false")
     assert "Restored all states" in second.stdout + second.stderr
     assert "[train] epoch 1 step 4" in second.stdout
-    assert torch.load(last, map_location="cpu", weights_only=False)["global_step"] == 4
+    assert torch.load(last, map_location="cpu", weights_only=True)["global_step"] == 4
 
     from s3od import BackgroundRemoval
     from synth_sod.model_training.export import main as export_main
@@ -103,7 +103,7 @@ def test_ddp_two_processes_gloo(tmp_path):
                  "train_stage.evaluation.enabled=false", timeout=600)
     assert "[train] epoch 0 step 2" in out.stdout
     ckpt = torch.load(tmp_path / "run" / "checkpoints" / "tiny" / "last.ckpt",
-                      map_location="cpu", weights_only=False)
+                      map_location="cpu", weights_only=True)
     assert ckpt["global_step"] == 2
 
 

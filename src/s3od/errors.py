@@ -25,6 +25,11 @@ class CheckpointError(S3ODError, ValueError):
     """A checkpoint was found but its contents do not fit the architecture."""
 
 
+class UnsafeCheckpointError(CheckpointError):
+    """A torch checkpoint holds pickled objects outside the allow-list (possibly code); nothing
+    in it was run."""
+
+
 class MissingDependencyError(S3ODError, ImportError):
     """An optional feature needs an extra that is not installed; the message says which."""
 

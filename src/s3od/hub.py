@@ -108,7 +108,9 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], s
                 state = {k: fh.get_tensor(k) for k in fh.keys()}  # noqa: SIM118
             meta = json.loads(raw_meta) if raw_meta else {}
         else:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
+            from s3od.checkpoint_io import load_torch_checkpoint
+
+            obj = load_torch_checkpoint(path)  # weights_only=True + the Lightning allow-list
             if not isinstance(obj, dict):
                 raise CheckpointError(f"{path}: expected a dict, got {type(obj).__name__}")
             state = obj.get("state_dict", obj)

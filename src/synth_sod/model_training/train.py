@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import pickle
 import sys
 import time
 from pathlib import Path
@@ -29,6 +30,8 @@ from lightning.pytorch.callbacks import (
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
+
+from s3od.errors import CheckpointError
 
 # ConfigError lives with synth_sod's other errors; re-exported for callers of this module.
 from synth_sod.errors import ConfigError as ConfigError
@@ -248,7 +251,30 @@ def initial_state(path: str) -> dict[str, torch.Tensor]:
         from safetensors.torch import load_file
 
         return {f"model.{k}": v.float() for k, v in load_file(path).items()}
-    return torch.load(path, map_location="cpu", weights_only=False)["state_dict"]
+    from s3od.checkpoint_io import load_torch_checkpoint
+
+    ckpt = load_torch_checkpoint(path)  # weights_only=True: a warm start runs no pickled code
+    state = ckpt.get("state_dict") if isinstance(ckpt, dict) else None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path}: no state_dict; not a Lightning checkpoint")
+    return state
+
+
+def fit_resumable(trainer: pl.Trainer, module: pl.LightningModule, train_loader: Any,
+                  val_loader: Any, ckpt_path: str | None) -> None:
+    """``trainer.fit``, resuming from ``ckpt_path`` through Lightning's own loader with
+    ``weights_only=True`` and the checkpoint allow-list: a resumed ``.ckpt`` runs no pickled
+    code; one that tries raises :class:`s3od.errors.UnsafeCheckpointError`."""
+    from s3od.checkpoint_io import checkpoint_globals, is_refusal, refused
+
+    try:
+        with checkpoint_globals():
+            trainer.fit(module, train_dataloaders=train_loader, val_dataloaders=val_loader,
+                        ckpt_path=ckpt_path, weights_only=True if ckpt_path else None)
+    except pickle.UnpicklingError as err:
+        if ckpt_path and is_refusal(err):
+            raise refused(ckpt_path, err) from None
+        raise
 
 
 def check_iou_head_sources(cfg: DictConfig, train_set: Any) -> None:
@@ -327,8 +353,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         n_params = sum(p.numel() for p in module.model.parameters())
         log.info("[model] %s %.2fM parameters; checkpoints in %s; logs in %s; resume from %s",
                  cfg.model.architecture, n_params / 1e6, ckpt_dir, log_dir, ckpt_path)
-    trainer.fit(module, train_dataloaders=train_loader, val_dataloaders=val_loader,
-                ckpt_path=ckpt_path)
+    fit_resumable(trainer, module, train_loader, val_loader, ckpt_path)
 
     summary: dict[str, Any] = {
         "best_checkpoint": callbacks[0].best_model_path or None,
@@ -351,7 +376,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 def main(cfg: DictConfig) -> None:
     try:
         run(cfg)
-    except (ConfigError, DataConfigError, MissingMandatoryValue) as err:
+    except (ConfigError, DataConfigError, MissingMandatoryValue, CheckpointError) as err:
         print(f"error: {err}", file=sys.stderr, flush=True)
         sys.exit(2)
 
