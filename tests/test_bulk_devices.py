@@ -43,8 +43,27 @@ def test_actor_loads_the_model_on_its_reserved_gpu_with_the_run_options(monkeypa
     actor = pipeline._RemovalActor(["weights"], 320, "cuda:1", [], None, "png",
                                    pipeline.RenderOptions(), precision="bf16", compile=True)
     assert actor.device == "cuda:0"
+    # threads: the thread policy's share for an actor that reserved one CPU (issue 24)
     assert loaded == {"model": "weights", "device": "cuda:0", "precision": "bf16",
-                      "compile": True, "image_size": 320}
+                      "compile": True, "image_size": 320, "threads": 1}
+
+
+def test_actor_threads_come_from_its_reservation_unless_given(monkeypatch):
+    import s3od.loading
+    from s3od import threads as policy
+
+    loaded: list[dict] = []
+    monkeypatch.setattr(ray, "get_gpu_ids", lambda: [])
+    monkeypatch.setattr(ray, "get", lambda ref: ref)
+    monkeypatch.setattr(s3od.loading, "load_remover",
+                        lambda model, **kwargs: loaded.append(kwargs) or object())
+    monkeypatch.setattr(policy, "cpu_budget", lambda **_: policy.CpuBudget(16))
+    for extra in ({"cpus_per_actor": 4.0, "num_actors": 8}, {"cpus_per_actor": 0.0,
+                                                             "num_actors": 4},
+                  {"threads": 3, "cpus_per_actor": 4.0}):
+        pipeline._RemovalActor(["w"], None, "cpu", [], None, "png", pipeline.RenderOptions(),
+                               **extra)
+    assert [k["threads"] for k in loaded] == [4, 4, 3]
 
 
 @pytest.mark.parametrize("device,num_actors,resources,expected", [

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, cast
 if TYPE_CHECKING:
     from s3od.hub import ResolvedCheckpoint
     from s3od.remover import Remover
+    from s3od.threads import ThreadChoice
 
 BACKENDS = ("auto", "torch", "onnx")
 #: Precisions an ONNX file accepts: it runs as it was exported (``auto`` means "as is").
@@ -51,6 +52,7 @@ def load_remover(
     device: str | None = None,
     image_size: int | None = None,
     threads: int | None = None,
+    workers: int = 1,
 ) -> Remover:
     """The remover for ``model``, on the backend that can run it.
 
@@ -67,27 +69,61 @@ def load_remover(
         device: ``cpu``, ``cuda``, ``cuda:N`` (both backends) or ``mps`` (PyTorch); ``None``
             picks the best available for PyTorch and the CPU for ONNX Runtime.
         image_size: network input side; ``None`` uses the model's own.
-        threads: CPU threads: the ONNX Runtime session's, or PyTorch's (process-wide).
+        threads: CPU threads per forward pass: the ONNX Runtime session's, or PyTorch's
+            (process-wide). ``None`` applies :func:`s3od.threads.choose_threads`: the CPUs
+            this process may use (affinity mask, cgroup quota) shared by ``workers``; on
+            PyTorch it only ever lowers the pool (a count set earlier, or by
+            ``OMP_NUM_THREADS``, stays when it is smaller). The count in effect is recorded
+            as ``remover.threads``.
+        workers: model copies running forward passes at once on these CPUs (server
+            processes, Ray actors on one node), for ``threads=None``.
 
     Raises:
         ValueError: options the chosen backend cannot honour.
         s3od.ModelNotFoundError, s3od.CheckpointError: as the backend raises them.
     """
+    from s3od.threads import choose_threads
+
+    choice = choose_threads(threads, workers=workers)
+    explicit, threads = threads is not None, choice.threads
+    remover: Remover
     if _backend_for(model, backend, precision, compile) == "onnx":
         from s3od.export.ort_predictor import OnnxBackgroundRemoval
 
-        return OnnxBackgroundRemoval(cast("str | os.PathLike | bytes", model),
-                                     image_size=image_size, device=device, threads=threads)
+        remover = OnnxBackgroundRemoval(cast("str | os.PathLike | bytes", model),
+                                        image_size=image_size, device=device, threads=threads)
+        remover.threads = choice
+        return remover
     from s3od.predictor import BackgroundRemoval
 
-    if threads:
-        import torch
-
-        torch.set_num_threads(threads)
+    choice = _set_torch_threads(choice, explicit=explicit)
     # _backend_for refused bytes for this backend.
-    return BackgroundRemoval(cast("str | os.PathLike | ResolvedCheckpoint | None", model),
-                             image_size=image_size, device=device, precision=precision,
-                             compile=compile)
+    remover = BackgroundRemoval(cast("str | os.PathLike | ResolvedCheckpoint | None", model),
+                                image_size=image_size, device=device, precision=precision,
+                                compile=compile)
+    remover.threads = choice
+    return remover
+
+
+def _set_torch_threads(choice: ThreadChoice, *, explicit: bool) -> ThreadChoice:
+    """Apply ``choice`` to PyTorch's process-wide pool; returns the count in effect.
+
+    An explicit count is set as given. The policy's count only lowers the pool: torch sizes it
+    from the cores it sees, which is too many in a container with a CPU quota, but a smaller
+    count chosen by the program (``torch.set_num_threads``, ``OMP_NUM_THREADS``) stays.
+    """
+    import torch
+
+    from s3od.threads import ThreadChoice
+
+    if explicit:
+        torch.set_num_threads(choice.threads)
+        return choice
+    current = torch.get_num_threads()
+    if current <= choice.threads:
+        return ThreadChoice(current, f"torch's own count; budget {choice.reason}")
+    torch.set_num_threads(choice.threads)
+    return choice
 
 
 def portable_model(model: str | os.PathLike | None, *, backend: str = "auto",

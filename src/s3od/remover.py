@@ -56,7 +56,9 @@ class Remover(ABC):
 
     Attributes every backend sets: ``model_name``, ``source`` (where the weights came from),
     ``image_size`` (network input side) and ``device``; ``runtime`` describes PyTorch's
-    precision and compilation (``None`` where the backend has no such options).
+    precision and compilation (``None`` where the backend has no such options);
+    :func:`s3od.load_remover` records in ``threads`` the CPU threads per forward pass it chose
+    (a :class:`s3od.threads.ThreadChoice`).
     """
 
     backend: ClassVar[str]
@@ -65,6 +67,7 @@ class Remover(ABC):
     image_size: int
     device: Any
     runtime: Any = None
+    threads: Any = None
 
     @abstractmethod
     def predict_arrays(self, images: Sequence[np.ndarray], *, full_resolution: bool = True
@@ -79,6 +82,8 @@ class Remover(ABC):
     def describe(self) -> str:
         """One line for logs and banners: model, source, input size, device, runtime."""
         runtime = f", {self.runtime.describe()}" if self.runtime is not None else ""
+        if self.threads is not None and str(self.device).lower().startswith("cpu"):
+            runtime += f", {self.threads.describe()}"
         return (f"model {self.model_name} ({self.source}), {self.image_size}px, "
                 f"{self.device}{runtime}")
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 import os
 import sys
-from collections.abc import Callable, MutableMapping
+from collections.abc import Callable, Mapping, MutableMapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,6 +32,9 @@ CGROUP_V1_CPU_DIRS = ("cpu,cpuacct", "cpu", "cpuacct,cpu")
 #: reads ``OMP_WAIT_POLICY``; ``KMP_BLOCKTIME`` is Intel OpenMP's and is ignored by it, but
 #: costs nothing and covers builds linked against Intel's runtime.
 QUIET_OPENMP_ENV = {"OMP_WAIT_POLICY": "PASSIVE", "KMP_BLOCKTIME": "0"}
+#: Any of these set by the user means they chose how OpenMP waits: :func:`quiet_openmp` then
+#: sets nothing (``GOMP_SPINCOUNT`` overrides ``OMP_WAIT_POLICY`` in GNU OpenMP).
+USER_OPENMP_VARS = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME")
 
 
 @dataclass(frozen=True)
@@ -166,17 +169,15 @@ def cgroup_cpu_quota(proc_cgroup: Path = PROC_SELF_CGROUP,
     return min(limits) if limits else None
 
 
-def cpu_budget(*, affinity: int | None = None, quota: float | None | bool = True,
-               proc_cgroup: Path = PROC_SELF_CGROUP, root: Path = CGROUP_ROOT) -> CpuBudget:
-    """The CPUs this process may use: affinity mask and cgroup quota.
+def cpu_budget(*, affinity: int | None = None, proc_cgroup: Path = PROC_SELF_CGROUP,
+               root: Path = CGROUP_ROOT) -> CpuBudget:
+    """The CPUs this process may use: affinity mask and cgroup quota (read now).
 
-    ``affinity`` / ``quota`` replace the readings (tests, or a caller that knows better);
-    ``quota=True`` reads the cgroup files under ``root``.
+    ``affinity`` replaces the mask's reading; the cgroup files are read under ``root`` (tests
+    point both paths at fakes).
     """
     count = affinity if affinity is not None else affinity_cpus()
-    limit = cgroup_cpu_quota(proc_cgroup, root) if quota is True else quota
-    return CpuBudget(max(1, int(count)), None if limit is None or limit is False
-                     else float(limit))
+    return CpuBudget(max(1, int(count)), cgroup_cpu_quota(proc_cgroup, root))
 
 
 def choose_threads(requested: int | None = None, *, workers: int = 1,
@@ -222,17 +223,18 @@ def actor_threads(cpus_per_actor: float, num_actors: int,
 
 
 def quiet_openmp(environ: MutableMapping[str, str] | None = None,
-                 modules: MutableMapping[str, object] | None = None) -> dict[str, str]:
+                 modules: Mapping[str, object] | None = None) -> dict[str, str]:
     """Make idle OpenMP threads sleep at once instead of spinning (set before torch loads).
 
     Only where s3od owns the process (the ``s3od`` command, Ray actors): a library call must
-    not change how the rest of a program's OpenMP behaves. Variables the user set are kept;
-    once torch is imported the runtime has read them already, so nothing is set then.
+    not change how the rest of a program's OpenMP behaves. Nothing is set when the user set
+    any of :data:`USER_OPENMP_VARS`, nor once torch is imported (the runtime has read the
+    environment by then).
     Returns what was set.
     """
     environ = os.environ if environ is None else environ
-    modules = sys.modules if modules is None else modules
-    if "torch" in modules:
+    loaded: Mapping[str, object] = sys.modules if modules is None else modules
+    if "torch" in loaded or any(k in environ for k in USER_OPENMP_VARS):
         return {}
     added = {k: v for k, v in QUIET_OPENMP_ENV.items() if k not in environ}
     environ.update(added)

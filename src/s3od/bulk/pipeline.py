@@ -275,14 +275,24 @@ class _RemovalActor:
 
     def __init__(self, model_ref: list[Any], image_size: int | None, device: str | None,
                  input_filesystems: list[Any], output_filesystem: Any, output_format: str,
-                 render: RenderOptions, precision: str = "fp32", compile: bool = False) -> None:
+                 render: RenderOptions, precision: str = "fp32", compile: bool = False,
+                 threads: int | None = None, cpus_per_actor: float = 1.0,
+                 num_actors: int = 1) -> None:
+        from s3od.threads import actor_threads, quiet_openmp
+
+        # The actor's process is ours: idle OpenMP threads sleep instead of spinning on CPUs
+        # the other actors of the node reserved (only takes effect before torch loads).
+        quiet_openmp()
         import ray
 
         from s3od.loading import load_remover
 
+        if threads is None:
+            threads = actor_threads(cpus_per_actor, num_actors).threads
         self.device = actor_device(device, ray.get_gpu_ids())
         self.remover = load_remover(ray.get(model_ref[0]), precision=precision,
-                                    compile=compile, device=self.device, image_size=image_size)
+                                    compile=compile, device=self.device, image_size=image_size,
+                                    threads=threads)
         self.inputs = input_filesystems
         self.out_fs = output_filesystem
         self.fmt = output_format
@@ -404,6 +414,7 @@ def remove_backgrounds_ray(
     gpus_per_actor: float | None = None,
     address: str | None = None,
     filesystem: pyarrow.fs.FileSystem | None = None,
+    threads: int | None = None,
 ) -> BulkSummary:
     """Cut out every image under ``inputs`` on a Ray cluster and write the results to ``output``.
 
@@ -428,6 +439,9 @@ def remove_backgrounds_ray(
         address: Ray address (``auto``, ``ray://head:10001``, ``local`` to start a local
             instance). When Ray is already initialised in this process it is used as is.
         filesystem: a ``pyarrow.fs`` filesystem for inputs and output (credentials, endpoint).
+        threads: CPU threads per actor's forward pass; ``None``: the CPUs the actor reserved
+            (``cpus_per_actor``), so actors on a node never run more threads than it has
+            CPUs (:func:`s3od.threads.actor_threads`).
 
     Example:
         >>> remove_backgrounds_ray("s3://bucket/photos", "s3://bucket/cutouts",
@@ -497,7 +511,8 @@ def remove_backgrounds_ray(
                 "model_ref": [model_ref], "image_size": image_size, "device": plan.device,
                 "input_filesystems": filesystems, "output_filesystem": out_fs,
                 "output_format": output_format, "render": render, "precision": precision,
-                "compile": compile,
+                "compile": compile, "threads": threads, "cpus_per_actor": cpus_per_actor,
+                "num_actors": num_actors,
             },
             batch_size=batch_size,
             batch_format="numpy",

@@ -14,7 +14,15 @@ from s3od.cli.app import app
 
 
 def main() -> None:
-    """Console-script entry point."""
+    """Console-script entry point.
+
+    The ``s3od`` process is ours, so before any command imports torch its idle OpenMP threads
+    are told to sleep rather than spin (:func:`s3od.threads.quiet_openmp`): spinning threads
+    made s3od-lite several times slower whenever another process held a core (issue 24).
+    """
+    from s3od.threads import quiet_openmp
+
+    quiet_openmp()
     app()
 
 

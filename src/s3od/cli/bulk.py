@@ -35,6 +35,7 @@ def remove_on_ray(
     fg_estimate: bool = False,
     precision: str = "fp32",
     compile_model: bool = False,
+    threads: int | None = None,
 ) -> None:
     """Validate the options that make sense on a cluster, run the pipeline, print a summary."""
     from s3od.errors import S3ODError
@@ -64,7 +65,8 @@ def remove_on_ray(
             inputs, str(output), model=model, image_size=image_size, device=device,
             precision=precision, compile=compile_model, output_format=fmt,  # type: ignore[arg-type]
             render=RenderOptions(mask_only, color, crop, threshold),
-            resume=skip_existing, batch_size=batch_size, num_actors=actors, address=address)
+            resume=skip_existing, batch_size=batch_size, num_actors=actors, address=address,
+            threads=threads)
     except (ImportError, S3ODError, ValueError) as err:
         raise fail(str(err)) from None
     console.print(f"[green]done {summary.done}[/], skipped {summary.skipped}, "

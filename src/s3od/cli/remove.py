@@ -271,6 +271,10 @@ def remove(
                      "recent GPUs, fp16 on older GPUs, else fp32 (see docs/speed.md)."),
     compile_model: bool = typer.Option(False, "--compile",
                                        help="torch.compile the model (slow first batch)."),
+    threads: int = typer.Option(
+        None, min=1, help="CPU threads per forward pass (default: the CPUs this process may "
+                          "use, after affinity and cgroup quota; with --ray, the CPUs each "
+                          "actor reserved)."),
     skip_existing: bool = typer.Option(False, "--skip-existing",
                                        help="Skip inputs whose output already exists."),
     threshold: float = typer.Option(0.5, min=0.0, max=1.0, help="Threshold used by --crop."),
@@ -311,7 +315,8 @@ def remove(
             image_size=image_size, mask_only=mask_only, bg_color=bg_color, bg_image=bg_image,
             crop=crop, fmt=fmt, all_masks=all_masks, batch_size=batch_size,
             skip_existing=skip_existing, threshold=threshold, refine=refine,
-            fg_estimate=bool(fg_estimate), precision=precision, compile_model=compile_model)
+            fg_estimate=bool(fg_estimate), precision=precision, compile_model=compile_model,
+            threads=threads)
     plan = plan_removal(
         inputs, output, mask_only=mask_only, bg_color=bg_color, bg_image=bg_image, crop=crop,
         fmt=fmt, png_compression=png_compression, all_masks=all_masks, batch_size=batch_size,
@@ -321,7 +326,7 @@ def remove(
     with _sigterm_like_sigint():
         try:
             remover = open_remover(model, device=device, image_size=image_size,
-                                   precision=precision, compile=compile_model)
+                                   precision=precision, compile=compile_model, threads=threads)
             summary = run_removal(plan, remover)
         except KeyboardInterrupt as err:  # before any photo ran, or a video / stream
             signum = err.signum if isinstance(err, Interrupted) else signal.SIGINT

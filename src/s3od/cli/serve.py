@@ -20,7 +20,9 @@ def serve(
     port: int = typer.Option(8000, min=0, max=65535, help="TCP port."),
     device: str = typer.Option(None, help="cpu, cuda, cuda:1, mps (default: best available)."),
     image_size: int = typer.Option(None, help="Network input size (default: the model's)."),
-    threads: int = typer.Option(None, min=1, help="torch CPU threads (default: torch's)."),
+    threads: int = typer.Option(None, min=1,
+                                help="CPU threads per forward pass (default: the CPUs this "
+                                     "process may use, after affinity and cgroup quota)."),
     precision: str = typer.Option(None, help="auto, fp32, bf16 or fp16 (auto: bf16 on CPUs "
                                              "with AMX/AVX512-BF16, fp16/bf16 on GPUs). [auto]"),
     compile_model: bool = typer.Option(None, "--compile/--no-compile",

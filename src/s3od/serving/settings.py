@@ -23,7 +23,8 @@ class ServerSettings(BaseModel):
     model: str | None = Field(None, description="Registry name, hub id or checkpoint path.")
     device: str | None = Field(None, description="cpu, cuda, cuda:1, mps; None = best.")
     image_size: int | None = Field(None, description="Network input side; None = the model's.")
-    threads: int | None = Field(None, ge=1, description="torch intra-op threads; None = torch's.")
+    threads: int | None = Field(None, ge=1, description="CPU threads per forward pass; None = "
+                                "the CPUs this process may use (s3od.threads).")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
         "auto", description="Inference precision; auto = bf16/fp16 where the device is fast.")
     compile: bool = Field(False, description="torch.compile the model; every batch shape is "
