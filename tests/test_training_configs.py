@@ -122,3 +122,148 @@ def test_cfg_job_from_the_command_line(tmp_path):
     assert "architecture: flux_teacher" in out.stdout
     assert "strategy: ddp" in out.stdout
     json.dumps(out.stdout)  # printable
+
+
+# --------------------------------------------------------------- bad values at start-up (issue 22)
+
+
+class _Built(Exception):
+    """Raised in place of building the model: the run got past every start-up check."""
+
+
+def _small_folder(root: Path, n: int) -> Path:
+    """``n`` tiny image/mask pairs in ``root/small/{images,masks}``."""
+    import numpy as np
+    from PIL import Image
+
+    for sub in ("images", "masks"):
+        (root / "small" / sub).mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        Image.fromarray(np.full((20, 24, 3), 40 * (i % 5), np.uint8)).save(
+            root / "small" / "images" / f"{i}.png")
+        Image.fromarray(np.full((20, 24), 255, np.uint8)).save(
+            root / "small" / "masks" / f"{i}.png")
+    return root / "small"
+
+
+def _run_small(tmp_path: Path, monkeypatch, *overrides: str, n: int = 12):
+    """``train.run`` on a tiny folder source; model construction raises :class:`_Built`."""
+    _small_folder(tmp_path, n)
+
+    def no_model(*args, **kwargs):
+        raise _Built
+
+    monkeypatch.setattr(train_mod, "SegmentationLightningModule", no_model)
+    with initialize_config_module(config_module=CONFIG_MODULE, version_base=None):
+        cfg = compose(config_name="train", overrides=[
+            "dataset=folders", "model=dino_tiny", "backend=cpu", "dataset.datasets=[small]",
+            "dataset.num_workers=0", "dataset.image_size=64", f"data_dir={tmp_path}",
+            f"base_dir={tmp_path / 'runs'}", *overrides])
+    return train_mod.run(cfg)
+
+
+@pytest.mark.parametrize(("override", "key"), [
+    ("dataset.train_bs=0", "dataset.train_bs"),
+    ("dataset.train_bs=true", "dataset.train_bs"),
+    ("dataset.train_bs=2.5", "dataset.train_bs"),
+    ("dataset.val_bs=-1", "dataset.val_bs"),
+    ("dataset.image_size=abc", "dataset.image_size"),
+    ("dataset.image_size=0", "dataset.image_size"),
+    ("dataset.image_size=1000000", "dataset.image_size"),
+    ("dataset.num_workers=-2", "dataset.num_workers"),
+    ("backend.max_epochs=-5", "backend.max_epochs"),
+    ("backend.max_epochs=0", "backend.max_epochs"),
+    ("backend.max_epochs=ten", "backend.max_epochs"),
+    ("dataset.val_split=1.5", "dataset.val_split"),
+    ("dataset.val_split=1.0", "dataset.val_split"),
+    ("dataset.val_split=-0.1", "dataset.val_split"),
+    ("optimizer.lr=nan", "optimizer.lr"),
+    ("optimizer.lr=inf", "optimizer.lr"),
+    ("optimizer.lr=0", "optimizer.lr"),
+    ("optimizer.lr=-1e-4", "optimizer.lr"),
+    ("optimizer.lr=fast", "optimizer.lr"),
+    ("optimizer.weight_decay=nan", "optimizer.weight_decay"),
+    ("optimizer.betas=[0.9,1.5]", "optimizer.betas"),
+    ("backend.precision=fp8", "backend.precision"),
+    ("backend.precision=true", "backend.precision"),
+    ("backend.accumulate_grad_batches=0", "backend.accumulate_grad_batches"),
+    ("backend.devices=0", "backend.devices"),
+    ("backend.devices=many", "backend.devices"),
+])
+def test_bad_values_stop_at_start_up_with_one_line(tmp_path, monkeypatch, override, key):
+    def no_data(*args, **kwargs):
+        raise AssertionError("data was read before the values were checked")
+
+    monkeypatch.setattr(train_mod, "resolve_splits", no_data)
+    with pytest.raises(train_mod.ConfigError) as err:
+        _run_small(tmp_path, monkeypatch, override)
+    message = str(err.value)
+    assert message.startswith(key) and "\n" not in message
+
+
+def test_good_values_pass_the_start_up_checks(tmp_path, monkeypatch):
+    """The checks refuse only what is wrong: precision aliases, -1 epochs, explicit lists."""
+    for overrides in (("backend.precision=bf16-mixed", "backend.max_epochs=-1"),
+                      ("backend.precision=32", "backend.devices=auto", "optimizer.lr=0.5"),
+                      ("dataset.val_split=0.5", "backend.precision=16-mixed")):
+        with pytest.raises(_Built):
+            _run_small(tmp_path, monkeypatch, *overrides)
+
+
+def test_resume_path_that_is_no_checkpoint_is_refused(tmp_path, monkeypatch):
+    torch_file = tmp_path / "real.ckpt"
+    torch.save({"state_dict": {}}, torch_file)
+    text = tmp_path / "notes.ckpt"
+    text.write_text("not a checkpoint")
+    garbage_st = tmp_path / "w.safetensors"
+    garbage_st.write_bytes(b"\xff" * 64)
+    from safetensors.torch import save_file
+
+    weights = tmp_path / "weights.safetensors"
+    save_file({"x": torch.zeros(2)}, str(weights))
+    import zipfile
+
+    other_zip = tmp_path / "other.ckpt"
+    with zipfile.ZipFile(other_zip, "w") as archive:
+        archive.writestr("readme.txt", "hello")
+    cases = [(f"train_stage.checkpoint_path={text}", "not a checkpoint"),
+             (f"training_hyperparams.resume={tmp_path}", "resume from"),
+             (f"train_stage.checkpoint_path={garbage_st}", "header is malformed"),
+             (f"train_stage.checkpoint_path={other_zip}", "without a torch checkpoint"),
+             (f"train_stage.checkpoint_path={weights}", "weights_only=true")]
+    for override, expected in cases:
+        with pytest.raises(train_mod.ConfigError, match=expected) as err:
+            _run_small(tmp_path, monkeypatch, override)
+        assert "\n" not in str(err.value)
+    # real files get through the check (the model build is where the run is stopped here)
+    for overrides in ((f"train_stage.checkpoint_path={torch_file}",),
+                      (f"train_stage.checkpoint_path={weights}",
+                       "train_stage.weights_only=true")):
+        with pytest.raises(_Built):
+            _run_small(tmp_path, monkeypatch, *overrides)
+
+
+def test_validation_split_rounding_to_zero_is_caught_before_the_model(tmp_path, monkeypatch):
+    """12 samples x 0.05 = 0 validation samples: the checkpoint monitor (val_iou) would fail
+    after a whole epoch; the run stops at start-up instead."""
+    with pytest.raises(train_mod.DataConfigError, match="no validation samples") as err:
+        _run_small(tmp_path, monkeypatch, "dataset.val_split=0.05")
+    assert "small=12" in str(err.value) and "val_iou" in str(err.value)
+    with pytest.raises(_Built):  # 12 x 0.1 = 1 validation sample: fine
+        _run_small(tmp_path, monkeypatch, "dataset.val_split=0.1")
+    with pytest.raises(_Built):  # nothing monitors validation: training without it is allowed
+        _run_small(tmp_path, monkeypatch, "dataset.val_split=0.05",
+                   "train_stage.checkpoint.monitor=null",
+                   "train_stage.early_stopping.enabled=false")
+
+
+def test_bad_value_on_the_command_line_is_one_line_and_exit_2(tmp_path):
+    cmd = [sys.executable, "-m", "synth_sod.model_training.train", "dataset=folders",
+           "model=dino_tiny", "backend=cpu", "dataset.datasets=[small]", "dataset.train_bs=0",
+           f"data_dir={tmp_path}", f"base_dir={tmp_path / 'runs'}"]
+    out = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=180,
+                         env={**__import__("os").environ, "PYTHONPATH": str(REPO / "src")})
+    assert out.returncode == 2, out.stderr[-2000:]
+    assert "Traceback" not in out.stderr
+    lines = [line for line in out.stderr.splitlines() if line.startswith("error:")]
+    assert lines == [lines[0]] and "dataset.train_bs=0" in lines[0]

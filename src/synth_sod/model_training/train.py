@@ -35,6 +35,11 @@ from s3od.errors import CheckpointError
 
 # ConfigError lives with synth_sod's other errors; re-exported for callers of this module.
 from synth_sod.errors import ConfigError as ConfigError
+from synth_sod.model_training.config_checks import (
+    check_checkpoint_file,
+    check_validation_split,
+    check_values,
+)
 from synth_sod.model_training.data import (
     DataConfigError,
     build_dataloaders,
@@ -292,8 +297,11 @@ def check_iou_head_sources(cfg: DictConfig, train_set: Any) -> None:
 
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Train (and test) as configured. Returns a small summary."""
+    check_values(cfg)  # bad numbers and names: one line, exit 2, before data or model
     validate(cfg)
     ckpt_path, weights_only = resolve_resume(cfg)
+    if ckpt_path:
+        check_checkpoint_file(ckpt_path, weights_only, "the checkpoint to resume from")
     torch.set_float32_matmul_precision("medium")
     if cfg.backend.get("num_threads"):
         torch.set_num_threads(int(cfg.backend.num_threads))
@@ -302,6 +310,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
     splits = resolve_splits(cfg.dataset, seed=seed)  # data errors surface before the model
     log.info("[data] %s", splits.describe())
+    check_validation_split(cfg, splits)
     train_set, val_set = build_datasets(cfg.dataset, splits)
     check_iou_head_sources(cfg, train_set)
     train_loader, val_loader = build_dataloaders(
