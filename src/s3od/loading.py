@@ -53,6 +53,7 @@ def load_remover(
     image_size: int | None = None,
     threads: int | None = None,
     workers: int = 1,
+    preprocess: str | None = None,
 ) -> Remover:
     """The remover for ``model``, on the backend that can run it.
 
@@ -77,6 +78,10 @@ def load_remover(
             as ``remover.threads``.
         workers: model copies running forward passes at once on these CPUs (server
             processes, Ray actors on one node), for ``threads=None``.
+        preprocess: for a foreign single-mask ONNX model (rembg's ``u2net.onnx``,
+            ``isnet-general-use.onnx``, BiRefNet ...), the family whose preprocessing it needs
+            (:data:`s3od.foreign.FAMILIES`); ``None`` identifies it from the graph. s3od's own
+            exports need none.
 
     Raises:
         ValueError: options the chosen backend cannot honour.
@@ -88,12 +93,14 @@ def load_remover(
     explicit, threads = threads is not None, choice.threads
     remover: Remover
     if _backend_for(model, backend, precision, compile) == "onnx":
-        from s3od.export.ort_predictor import OnnxBackgroundRemoval
+        from s3od.foreign import open_onnx
 
-        remover = OnnxBackgroundRemoval(cast("str | os.PathLike | bytes", model),
-                                        image_size=image_size, device=device, threads=threads)
+        remover = open_onnx(cast("str | os.PathLike | bytes", model), preprocess=preprocess,
+                            image_size=image_size, device=device, threads=threads)
         remover.threads = choice
         return remover
+    if preprocess is not None:
+        raise ValueError("preprocess= applies to foreign ONNX models (.onnx files) only")
     from s3od.predictor import BackgroundRemoval
 
     choice = _set_torch_threads(choice, explicit=explicit)

@@ -23,7 +23,7 @@ UNSURE_BELOW = 0.75
 class Assessment:
     """The IoU head's verdict on one photo (see :meth:`RemovalResult.assessment`)."""
 
-    verdict: str  # "clear", "ambiguous" or "unsure"
+    verdict: str  # "clear", "ambiguous", "unsure", or "unscored" (model without an IoU head)
     best_index: int
     best_score: float
     rivals: list[int]
@@ -36,7 +36,8 @@ class RemovalResult:
     Attributes:
         predicted_mask: ``(H, W)`` float32 in [0, 1], the candidate with the highest IoU score.
         all_masks: ``(N, H, W)`` float32 in [0, 1], every candidate at the original size.
-        all_ious: ``(N,)`` float32, the model's predicted IoU of each candidate (sigmoid).
+        all_ious: ``(N,)`` float32, the model's predicted IoU of each candidate (sigmoid);
+            NaN for models without an IoU head (foreign ONNX models, see :attr:`scored`).
         rgba_image: the input with ``predicted_mask`` as alpha (PIL, mode RGBA, size (W, H)).
         image: the decoded input, ``(H, W, 3)`` uint8 RGB.
         threshold: used by :meth:`binary_mask` and :meth:`crop`; the alpha stays soft.
@@ -86,6 +87,11 @@ class RemovalResult:
         return self.crop(image) if crop else image
 
     @property
+    def scored(self) -> bool:
+        """False when the model has no IoU head (``all_ious`` is NaN): nothing to rank by."""
+        return bool(np.isfinite(self.all_ious).all())
+
+    @property
     def ambiguous(self) -> bool:
         """True when two candidates disagree (IoU < 0.8 at 0.5), as the published demo flags."""
         binar = self.all_masks > 0.5
@@ -109,6 +115,8 @@ class RemovalResult:
         masks only) this follows the scores.
         """
         best = self.best_index
+        if not self.scored:  # no IoU head: no verdict to give
+            return Assessment("unscored", best, float("nan"), [])
         picked = self.all_masks[best] > 0.5
         rivals = []
         for i, mask in enumerate(self.all_masks):
@@ -134,7 +142,7 @@ class RemovalResult:
             masks: ``(N, H, W)`` float32 probabilities at the original size.
             ious: ``(N,)`` predicted IoU of each candidate (after sigmoid).
         """
-        best = int(np.argmax(ious))
+        best = int(np.argmax(ious)) if np.isfinite(ious).all() else 0
         mask = masks[best]
         return cls(mask, masks, ious.astype(np.float32), compose.cutout(rgb, mask), rgb, best,
                    threshold)

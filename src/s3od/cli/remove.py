@@ -251,6 +251,10 @@ def remove(
     model: str = typer.Option(None, "--model", "-m",
                               help="Registry name, hub id, checkpoint path or .onnx file "
                                    "(see `s3od models`)."),
+    preprocess: str = typer.Option(
+        None, "--preprocess", metavar="FAMILY",
+        help="Foreign .onnx models (rembg's files): u2net, u2netp, u2net_human_seg, silueta, "
+             "isnet-general-use, isnet-anime or birefnet (default: read from the graph)."),
     device: str = typer.Option(None, help="cpu, cuda, cuda:1, mps (default: best available)."),
     image_size: int = typer.Option(None, help="Network input size (default: the model's)."),
     mask_only: bool = typer.Option(False, "--mask-only", help="Write the soft mask (greyscale)."),
@@ -326,7 +330,8 @@ def remove(
     with _sigterm_like_sigint():
         try:
             remover = open_remover(model, device=device, image_size=image_size,
-                                   precision=precision, compile=compile_model, threads=threads)
+                                   precision=precision, compile=compile_model, threads=threads,
+                                   **({"preprocess": preprocess} if preprocess else {}))
             summary = run_removal(plan, remover)
         except KeyboardInterrupt as err:  # before any photo ran, or a video / stream
             signum = err.signum if isinstance(err, Interrupted) else signal.SIGINT
@@ -496,7 +501,8 @@ def _run_jobs(plan: RemovePlan, remover: Remover) -> Summary:
 
             for i, (mask, iou) in enumerate(zip(result.all_masks, result.all_ious, strict=True)):
                 info = PngImagePlugin.PngInfo()
-                info.add_text("s3od:iou", f"{float(iou):.4f}")
+                if result.scored:  # a model without an IoU head has no score to write
+                    info.add_text("s3od:iou", f"{float(iou):.4f}")
                 info.add_text("s3od:best", str(i == result.best_index).lower())
                 save_image_atomic(mask_image(mask), mask_path(job.target, i), format="PNG",
                                   pnginfo=info,
@@ -566,3 +572,22 @@ def models() -> None:
     from rich.console import Console
 
     Console().print(table)
+    _rembg_models(Console())
+
+
+def _rembg_models(out: Any) -> None:
+    """The ONNX files in rembg's folder, which ``--model PATH`` runs as foreign models."""
+    from rich.markup import escape
+
+    from s3od.foreign import REMBG_HOME_ENV, rembg_home, rembg_models
+
+    folder = rembg_home()
+    found = rembg_models(folder)
+    if not found:
+        out.print(f"rembg folder {escape(str(folder))} (${REMBG_HOME_ENV} or ~/.u2net): "
+                  "no .onnx files")
+        return
+    out.print(f"rembg models in {escape(str(folder))} (run with -m PATH):")
+    for path, family in found:
+        how = f"{family} preprocessing" if family else "family read from the graph"
+        out.print(f"  {escape(path.name)}: {path.stat().st_size / 2**20:.0f} MB, {how}")

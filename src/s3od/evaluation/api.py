@@ -159,12 +159,14 @@ def _predictor(model: Any, image_size: int | None, device: str | None) -> tuple[
     """``(object with remove_backgrounds, display name)`` for a name, path, module or predictor."""
     if hasattr(model, "remove_backgrounds"):
         return model, str(getattr(model, "model_name", type(model).__name__))
-    from s3od import BackgroundRemoval
-
     if model is None or isinstance(model, (str, os.PathLike)):
-        predictor = BackgroundRemoval(model_id=model, image_size=image_size, device=device)
+        from s3od.loading import load_remover  # .onnx files too, ours and foreign ones
+
+        predictor = load_remover(model, image_size=image_size, device=device)
         return predictor, str(getattr(predictor, "model_name", None) or model or "default")
     import torch
+
+    from s3od import BackgroundRemoval
 
     if isinstance(model, torch.nn.Module):
         predictor = BackgroundRemoval.from_model(model, image_size=image_size or 1024,

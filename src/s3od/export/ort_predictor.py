@@ -88,7 +88,8 @@ class OnnxBackgroundRemoval(Remover):
     backend = "onnx"
 
     def __init__(self, model: str | os.PathLike | bytes, image_size: int | None = None,
-                 device: str | None = None, threads: int | None = None) -> None:
+                 device: str | None = None, threads: int | None = None, *,
+                 session: onnxruntime.InferenceSession | None = None) -> None:
         ort = _onnxruntime()
         payload: str | bytes  # what the session reads: a path or the model's bytes
         if isinstance(model, (bytes, bytearray)):
@@ -98,13 +99,12 @@ class OnnxBackgroundRemoval(Remover):
             if not path.is_file():
                 raise ModelNotFoundError(f"ONNX model not found: {path}")
             source, payload = str(path), str(path)
-        providers = providers_for(device)
         options = ort.SessionOptions()
         if threads is not None:
             options.intra_op_num_threads = int(threads)
-        try:
-            self.session: onnxruntime.InferenceSession = ort.InferenceSession(
-                payload, sess_options=options, providers=providers)
+        try:  # ``session``: already opened by s3od.foreign.open_onnx to look at the graph
+            self.session: onnxruntime.InferenceSession = session or ort.InferenceSession(
+                payload, sess_options=options, providers=providers_for(device))
         except Exception as err:  # onnxruntime raises its own unrelated exception types
             raise CheckpointError(f"cannot load ONNX model {source}: "
                                   f"{str(err).splitlines()[0][:300]}") from err
@@ -114,7 +114,7 @@ class OnnxBackgroundRemoval(Remover):
             raise CheckpointError(
                 f"{source} is not an s3od ONNX model: expected input {INPUT_NAME!r} and outputs "
                 f"{', '.join(OUTPUT_NAMES)}; found inputs {sorted(inputs)}, outputs "
-                f"{sorted(outputs)}")
+                f"{sorted(outputs)} (s3od.load_remover runs foreign single-mask models)")
         meta = {k[len(META_PREFIX):]: v for k, v in
                 self.session.get_modelmeta().custom_metadata_map.items()
                 if k.startswith(META_PREFIX)}

@@ -164,7 +164,7 @@ class Postprocess:
     def finish(self, rgb: np.ndarray, masks: np.ndarray, ious: np.ndarray) -> dict[str, Any]:
         """Result fields from one image's masks (full-size or network-size per
         :attr:`needs_low_res`) and IoU scores."""
-        best = int(np.argmax(ious))
+        best = int(np.argmax(ious)) if np.isfinite(ious).all() else 0  # NaN: no IoU head
         height, width = rgb.shape[:2]
         if not self.needs_low_res:            # masks are already full size, as published
             all_masks, mask = masks, masks[best]

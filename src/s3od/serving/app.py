@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
@@ -89,7 +89,8 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 
 class MaskCandidate(BaseModel):
     index: int
-    iou: float
+    iou: float | None = Field(None, description="Predicted IoU; null for models without an "
+                                                "IoU head (foreign ONNX models).")
     png_base64: str
 
 
@@ -405,17 +406,19 @@ def _render(result: RemovalResult, mask_only: bool, color: compose.Color | None,
         payload = encode_image(image, "WEBP", **WEBP_FAST)
     else:
         payload = encode_image(image, "PNG", **PNG_FAST)
-    return payload, {
-        "X-S3OD-IoU": f"{float(result.all_ious[result.best_index]):.4f}",
+    headers = {
         "X-S3OD-Best-Index": str(result.best_index),
         "X-S3OD-Ambiguous": str(result.ambiguous).lower(),
     }
+    if result.scored:  # no header, rather than "nan", for models without an IoU head
+        headers["X-S3OD-IoU"] = f"{float(result.all_ious[result.best_index]):.4f}"
+    return payload, headers
 
 
 def _masks_body(result: RemovalResult, model: str) -> MasksResponse:
     height, width = result.predicted_mask.shape
     candidates = [
-        MaskCandidate(index=i, iou=round(float(iou), 6),
+        MaskCandidate(index=i, iou=round(float(iou), 6) if result.scored else None,
                       png_base64=base64.b64encode(_png(mask)).decode("ascii"))
         for i, (mask, iou) in enumerate(zip(result.all_masks, result.all_ious, strict=True))
     ]

@@ -84,6 +84,8 @@ class ModelPool:
 
 def candidate_labels(result: RemovalResult) -> list[tuple[str, int]]:
     """Radio choices ``("#1 IoU 0.912 (best)", 0)`` in the model's order."""
+    if not result.scored:  # a foreign model: one mask, no predicted IoU
+        return [(f"#{i + 1}", i) for i in range(len(result.all_masks))]
     return [(f"#{i + 1} IoU {float(iou):.3f}" + (" (best)" if i == result.best_index else ""), i)
             for i, iou in enumerate(result.all_ious)]
 
@@ -92,6 +94,8 @@ def ambiguity_text(result: RemovalResult) -> str:
     """One line on what the IoU head thinks of this photo (:meth:`RemovalResult.assessment`)."""
     verdict = result.assessment()
     pick = f"#{verdict.best_index + 1}"
+    if verdict.verdict == "unscored":
+        return "This model gives one mask and no IoU score, so it cannot say how sure it is."
     if verdict.verdict == "unsure":
         return (f"**Unsure:** the best candidate ({pick}) has a predicted IoU of only "
                 f"{verdict.best_score:.2f}. Check the cut-out, or compare the candidates below.")
