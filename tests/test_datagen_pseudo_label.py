@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,7 @@ from synth_sod.data_generation.filters.base import Sample
 from synth_sod.data_generation.pseudo_label import (
     TTA,
     OnnxTeacher,
+    TeacherError,
     discover_photos,
     load_teacher,
     mask_confidence,
@@ -251,3 +253,241 @@ def test_our_onnx_export_runs_through_the_s3od_runtime(tmp_path: Path, tiny_lite
     assert isinstance(ours, RemoverTeacher) and ours.describe()["kind"] == "s3od"
     rembg_style = load_teacher(str(export_teacher(tmp_path / "t.onnx")))
     assert isinstance(rembg_style, OnnxTeacher)
+
+
+# ------------------------------------------------------------------ hostile input (issue 22)
+
+
+class PlainTeacher:
+    """A Python teacher: the normalised red channel, or whatever ``out`` makes of it."""
+
+    name = "plain"
+
+    def __init__(self, out=None) -> None:
+        self.out = out
+
+    def describe(self) -> dict:
+        return {"kind": "test", "name": self.name}
+
+    def predict(self, image: np.ndarray, scale: float = 1.0) -> np.ndarray:
+        red = image[..., 0].astype(np.float32) / 255.0
+        return red if self.out is None else self.out(red)
+
+
+def _invoke(*args: str):
+    from typer.testing import CliRunner
+
+    from synth_sod.data_generation.cli import app
+
+    result = CliRunner().invoke(app, list(args))
+    result.text = " ".join(result.output.split())  # the console wraps long lines
+    return result
+
+
+def test_photo_with_a_non_utf8_name_is_a_failure_and_the_run_goes_on(tmp_path, photos) -> None:
+    root, _ = photos
+    bad = os.fsdecode(b"caf\xe9.png")
+    Image.fromarray(red_square(40, 50, (5, 30, 5, 40))).save(root / "a" / "images" / bad)
+    out = tmp_path / "labels"
+    for run in range(2):  # a rerun meets the same photo again and still finishes
+        manifest = pseudo_label([root], out, PlainTeacher())
+        failed = {f["id"]: f["error"] for f in manifest.failed}
+        assert "a_caf\\xe9" in failed and "not valid UTF-8" in failed["a_caf\\xe9"]
+        assert (manifest.done, manifest.skipped) == ((3, 0) if run == 0 else (0, 3))
+        json.loads(manifest.path.read_text(encoding="utf-8"))  # the manifest stays valid JSON
+    assert sorted(p.stem for p in out.glob("*/masks/*.png")) == ["p1", "p2", "p3"]
+    assert not list(out.glob(f"*/*/{os.fsdecode(b'caf')}*"))
+
+
+def test_webp_and_bmp_photos_survive_filter_and_export(tmp_path) -> None:
+    """One shared suffix list: what pseudo-label labels, filter keeps and export writes."""
+    from synth_sod.data_generation.samples import IMAGE_SUFFIXES
+
+    folder = tmp_path / "photos" / "s" / "images"
+    folder.mkdir(parents=True)
+    for i, fmt in enumerate(("png", "jpeg", "webp", "bmp")):
+        suffix = {"jpeg": "jpg"}.get(fmt, fmt)
+        assert f".{suffix}" in IMAGE_SUFFIXES
+        Image.fromarray(red_square(48, 64, (8, 40, 10, 50))).save(
+            folder / f"p{i}.{suffix}", format=fmt.upper(), **({"lossless": True} if fmt ==
+                                                              "webp" else {}))
+    labels = tmp_path / "labels"
+    assert pseudo_label([tmp_path / "photos"], labels, PlainTeacher()).done == 4
+    cfg = FilteringConfig(input_path=str(labels), output_path=str(tmp_path / "flat"))
+    kept = run_filtering(cfg, filters=[build_filter({"type": "teacher_agreement",
+                                                     "min_agreement": 0.5})])
+    assert (kept.done, kept.failed) == (4, [])
+    assert sorted(p.suffix for p in (tmp_path / "flat" / "images").iterdir()) == [
+        ".bmp", ".jpg", ".png", ".webp"]
+    export_parquet(tmp_path / "flat", tmp_path / "parquet")
+    from synth_sod.model_training.data import load_hf_source
+
+    source = load_hf_source(str(tmp_path / "parquet"))
+    assert sorted(source.key(i).rsplit("/", 1)[-1] for i in range(len(source))) == [
+        "s_p0", "s_p1", "s_p2", "s_p3"]
+
+
+def test_output_dir_overlapping_an_input_folder_is_refused(tmp_path, photos) -> None:
+    root, _ = photos
+    before = sorted(p for p in root.rglob("*"))
+    for out in (root, root / "a" / "images", root / "labels", tmp_path):
+        with pytest.raises(PipelineError, match="overlaps the input folder"):
+            pseudo_label([root], out, PlainTeacher())
+        result = _invoke("pseudo-label", "--image-dir", str(root), "--teacher",
+                         str(tmp_path / "absent.onnx"), "--output-dir", str(out))
+        assert result.exit_code == 2 and "overlaps the input folder" in result.text
+    assert sorted(p for p in root.rglob("*")) == before
+
+
+def test_teacher_with_a_wrong_output_shape_is_a_clear_error(tmp_path, photos) -> None:
+    root, _ = photos
+
+    class TwoMaps(torch.nn.Module):
+        def forward(self, x):
+            return x[:, 0:2]
+
+    path = tmp_path / "two.onnx"
+    torch.onnx.export(TwoMaps(), torch.zeros(1, 3, SIDE, SIDE), str(path),
+                      input_names=["input.1"], dynamo=False)
+    with pytest.raises(TeacherError, match=r"output of shape \[1, 2, 64, 64\]"):
+        pseudo_label([root], tmp_path / "o", OnnxTeacher(path))
+    with pytest.raises(TeacherError, match="returned a mask of shape"):
+        pseudo_label([root], tmp_path / "p", PlainTeacher(lambda red: red[::2]))
+    result = _invoke("pseudo-label", "--image-dir", str(root), "--teacher", str(path),
+                     "--output-dir", str(tmp_path / "cli"))
+    assert result.exit_code == 2, result.output
+    assert "output of shape" in result.text and "Traceback" not in result.text
+    assert not list((tmp_path / "cli").glob("*/masks/*"))
+
+
+def test_nan_teacher_output_fails_the_photo_instead_of_an_empty_mask(tmp_path, photos) -> None:
+    root, _ = photos
+
+    class NanTeacher(torch.nn.Module):
+        def forward(self, x):
+            return torch.log(x[:, 0:1] - 1000.0)  # NaN everywhere
+
+    path = tmp_path / "nan.onnx"
+    torch.onnx.export(NanTeacher(), torch.zeros(1, 3, SIDE, SIDE), str(path),
+                      input_names=["input.1"], dynamo=False)
+    for teacher, out in ((OnnxTeacher(path), tmp_path / "onnx"),
+                         (PlainTeacher(lambda red: np.where(red > 0.5, np.nan, red)),
+                          tmp_path / "plain")):
+        manifest = pseudo_label([root], out, teacher)
+        assert manifest.done == 0
+        errors = [f["error"] for f in manifest.failed if f["id"] != "b_broken"]
+        assert len(errors) == 3 and all("NaN" in e for e in errors)
+        assert not list(out.glob("*/masks/*")) and not list(out.glob("*/metadata/*"))
+
+
+@pytest.mark.parametrize("scales", ["nan", "inf", "-inf", "0.001", "0", "-1", "1e9",
+                                    "0.75,nan", "1e400"])
+def test_out_of_range_tta_scales_are_refused(tmp_path, photos, scales) -> None:
+    root, _ = photos
+    result = _invoke("pseudo-label", "--image-dir", str(root), "--teacher",
+                     str(tmp_path / "absent.onnx"), "--scales", scales, "--output-dir",
+                     str(tmp_path / "o"))
+    assert result.exit_code == 2, result.output
+    assert "TTA scales must be numbers from 0.25 to 4.0" in result.text
+    assert "Traceback" not in result.text
+    with pytest.raises(PipelineError, match="TTA scales"):
+        TTA(scales=tuple(float(s) for s in scales.split(",")))
+
+
+def test_manifest_records_are_rebuilt_from_the_metadata(tmp_path, photos) -> None:
+    """A run killed before its manifest was saved loses no records: the next run rebuilds
+    them from the per-photo metadata."""
+    root, truth = photos
+    out = tmp_path / "labels"
+    first = pseudo_label([root], out, PlainTeacher())
+    expected = sorted(first.items, key=lambda r: r["id"])
+    assert [r["id"] for r in expected] == sorted(truth)
+    data = json.loads(first.path.read_text())
+    data["items"] = []  # as if SIGKILL came before the periodic save
+    first.path.write_text(json.dumps(data))
+    again = pseudo_label([root], out, PlainTeacher())
+    assert sorted(again.items, key=lambda r: r["id"]) == expected
+    on_disk = json.loads(again.path.read_text())["items"]
+    assert sorted(on_disk, key=lambda r: r["id"]) == expected
+    # a photo whose metadata is damaged is not counted as done: it is labelled again
+    (out / "a" / "metadata" / "p1.json").write_text("{broken")
+    third = pseudo_label([root], out, PlainTeacher())
+    assert (third.done, third.skipped) == (1, 2)
+    assert sorted(third.items, key=lambda r: r["id"]) == expected
+
+
+def test_disk_full_is_a_clear_error_and_leaves_no_partial_files(tmp_path, photos, monkeypatch,
+                                                                ) -> None:
+    import errno
+
+    root, _ = photos
+    out = tmp_path / "labels"
+    real_save = Image.Image.save
+
+    def full_disk(self, fp, *args, **kwargs):
+        if getattr(self, "mode", "") == "L":  # the mask: image and metadata are written
+            if hasattr(fp, "write"):
+                fp.write(b"\x89PNG partial")
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_save(self, fp, *args, **kwargs)
+
+    monkeypatch.setattr(Image.Image, "save", full_disk)
+    with pytest.raises(PipelineError, match="the disk is full") as err:
+        pseudo_label([root], out, PlainTeacher())
+    assert "a/images" not in str(err.value) and "rerun" in str(err.value)
+    leftovers = [p for p in out.rglob("*") if p.is_file() and "manifests" not in p.parts]
+    assert leftovers == []
+    assert not list(out.rglob("*.lock"))
+    monkeypatch.setattr(Image.Image, "save", real_save)
+    assert pseudo_label([root], out, PlainTeacher()).done == 3
+
+
+def test_disk_full_through_the_cli_is_exit_2_without_traceback(tmp_path, photos,
+                                                               monkeypatch) -> None:
+    import errno
+
+    from synth_sod.data_generation import pseudo_label as module
+
+    root, _ = photos
+    teacher = export_teacher(tmp_path / "t.onnx")
+
+    def full_disk(src, dst):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(module.shutil, "copyfile", full_disk)
+    result = _invoke("pseudo-label", "--image-dir", str(root), "--teacher", str(teacher),
+                     "--output-dir", str(tmp_path / "o"))
+    assert result.exit_code == 2, result.output
+    assert "the disk is full" in result.text and "Traceback" not in result.text
+    assert not [p for p in (tmp_path / "o").rglob("*") if p.is_file()
+                and "manifests" not in p.parts]
+
+
+def test_two_runs_on_one_output_folder_are_prevented(tmp_path, photos) -> None:
+    import socket
+    import subprocess
+
+    from synth_sod.data_generation.sharding import OutputLock
+
+    root, _ = photos
+    out = tmp_path / "labels"
+    with OutputLock(out, "pseudo_label", Shard()):
+        with pytest.raises(PipelineError, match=f"another run \\(pid {os.getpid()}"):
+            pseudo_label([root], out, PlainTeacher())
+        # another shard of the same folder is a different writer: allowed
+        assert pseudo_label([root], out, PlainTeacher(), shard=Shard(1, 2)).done >= 1
+    assert not list(out.glob("*/masks/p1.png"))  # shard 0's photo was not labelled
+    lock = out / "manifests" / "pseudo_label-shard-00000-of-00001.lock"
+    # a lock left by a process that is gone is taken over
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    lock.write_text(json.dumps({"pid": gone.pid, "host": socket.gethostname()}))
+    assert pseudo_label([root], out, PlainTeacher()).failed[0]["id"] == "b_broken"
+    assert not lock.exists()
+    # a lock naming a process that still runs on this host is respected
+    lock.write_text(json.dumps({"pid": os.getppid(), "host": socket.gethostname()}))
+    with pytest.raises(PipelineError, match=f"pid {os.getppid()}"):
+        pseudo_label([root], out, PlainTeacher())
+    result = _invoke("pseudo-label", "--image-dir", str(root), "--teacher",
+                     str(export_teacher(tmp_path / "t.onnx")), "--output-dir", str(out))
+    assert result.exit_code == 2 and "another run" in result.text
