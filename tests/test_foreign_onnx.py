@@ -161,6 +161,13 @@ def test_downstream_edges_benchmark_and_server_payloads(tmp_path, photo) -> None
         1, np.logical_or(guided.binary_mask(), plain.binary_mask()).sum())
     assert agree > 0.9 and not guided.scored
 
+    from s3od.serving.app import remover_for
+    from s3od.serving.settings import ServerSettings
+
+    odd = foreign_graph(tmp_path / "odd.onnx", "side", 2)
+    served = remover_for(ServerSettings(model=str(odd), preprocess="birefnet-portrait"))
+    assert (served.family, served.image_size) == ("birefnet", 1024)
+
     body = _masks_body(plain, remover.model_name)
     assert json.loads(body.model_dump_json())["masks"][0]["iou"] is None
     _, headers = _render(plain, False, None, False, "png")

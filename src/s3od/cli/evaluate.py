@@ -128,6 +128,9 @@ def benchmark_command(
     batch_size: int = typer.Option(8, min=1, help="Images per forward pass."),
     image_size: int = typer.Option(None, help="Network input size (default: the model's)."),
     device: str = typer.Option(None, help="cpu, cuda, cuda:1, mps (default: best available)."),
+    preprocess: str = typer.Option(None, "--preprocess", metavar="FAMILY",
+                                   help="Foreign .onnx models: u2net, isnet-anime, birefnet ... "
+                                        "(default: read from the graph)."),
     out: Path = typer.Option(
         None, "--out", "-o", help="Also write OUT.csv, OUT.json and OUT.md."),
     hce: bool = typer.Option(
@@ -140,8 +143,14 @@ def benchmark_command(
 
     try:
         find_sets(data, _split_sets(sets))  # fail on a bad --data before loading the model
+        runner: Any = model
+        if preprocess:  # a foreign ONNX model with an explicit family
+            from s3od.loading import load_remover
+
+            runner = load_remover(model, preprocess=preprocess, image_size=image_size,
+                                  device=device)
         with _progress() as update:
-            rows = benchmark_model(model, data, sets=_split_sets(sets), save_pred=save_pred,
+            rows = benchmark_model(runner, data, sets=_split_sets(sets), save_pred=save_pred,
                                    batch_size=batch_size, image_size=image_size, device=device,
                                    hce=hce, on_progress=update)
     except (S3ODError, OSError, ValueError) as err:

@@ -20,6 +20,9 @@ def serve(
     port: int = typer.Option(8000, min=0, max=65535, help="TCP port."),
     device: str = typer.Option(None, help="cpu, cuda, cuda:1, mps (default: best available)."),
     image_size: int = typer.Option(None, help="Network input size (default: the model's)."),
+    preprocess: str = typer.Option(None, "--preprocess", metavar="FAMILY",
+                                   help="Foreign .onnx models: u2net, isnet-anime, birefnet ... "
+                                        "(default: read from the graph)."),
     threads: int = typer.Option(None, min=1,
                                 help="CPU threads per forward pass (default: the CPUs this "
                                      "process may use, after affinity and cgroup quota)."),
@@ -68,6 +71,7 @@ def serve(
     try:
         settings = ServerSettings.from_env(
             model=model, device=device, image_size=image_size, threads=threads,
+            preprocess=preprocess,
             precision=precision, compile=compile_model, max_batch=max_batch,
             batch_window_ms=batch_window_ms,
             max_upload_bytes=max_upload_bytes, max_pixels=max_pixels,

@@ -115,6 +115,7 @@ def remover_for(settings: ServerSettings) -> Remover:
 
     return load_remover(settings.model, precision=settings.precision, compile=settings.compile,
                         device=settings.device, image_size=settings.image_size,
+                        preprocess=settings.preprocess,
                         threads=settings.threads)
 
 

@@ -23,6 +23,9 @@ class ServerSettings(BaseModel):
     model: str | None = Field(None, description="Registry name, hub id or checkpoint path.")
     device: str | None = Field(None, description="cpu, cuda, cuda:1, mps; None = best.")
     image_size: int | None = Field(None, description="Network input side; None = the model's.")
+    preprocess: str | None = Field(None, description="Preprocessing family of a foreign .onnx "
+                                   "model (u2net, isnet-anime, birefnet ...); None = read from "
+                                   "its graph.")
     threads: int | None = Field(None, ge=1, description="CPU threads per forward pass; None = "
                                 "the CPUs this process may use (s3od.threads).")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
