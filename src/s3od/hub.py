@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 from s3od.architectures import build_model, get_architecture
+from s3od.checkpoint_meta import check_config, check_metadata, check_size, parse_metadata
 from s3od.errors import CheckpointError, ModelNotFoundError
 from s3od.registry import DEFAULT_MODEL, FALLBACK_MODEL, ModelSpec, get_spec
 
@@ -105,8 +106,8 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], s
 
             with safe_open(str(path), framework="pt") as fh:
                 raw_meta = (fh.metadata() or {}).get(_METADATA_KEY)
+                meta = parse_metadata(raw_meta, str(path))  # before any tensor is read
                 state = {k: fh.get_tensor(k) for k in fh.keys()}  # noqa: SIM118
-            meta = json.loads(raw_meta) if raw_meta else {}
         else:
             from s3od.checkpoint_io import load_torch_checkpoint
 
@@ -114,10 +115,14 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], s
             if not isinstance(obj, dict):
                 raise CheckpointError(f"{path}: expected a dict, got {type(obj).__name__}")
             state = obj.get("state_dict", obj)
+            if not isinstance(state, dict):
+                raise CheckpointError(f"{path}: 'state_dict' is a {type(state).__name__}, "
+                                      "not a mapping of tensors")
             meta = {k: obj[k] for k in ("architecture", "config") if k in obj}
             if not meta and isinstance(obj.get("hyper_parameters"), dict):
                 meta = {k: obj["hyper_parameters"][k] for k in ("architecture", "config")
                         if k in obj["hyper_parameters"]}
+            meta = check_metadata(meta, str(path))
     except CheckpointError:
         raise
     except Exception as err:
@@ -146,13 +151,16 @@ def infer_config(state_dict: dict[str, torch.Tensor]) -> tuple[str, dict[str, An
     """Guess architecture and constructor arguments from tensor shapes (for bare checkpoints)."""
     sd = state_dict
     from_masks = "seg_head.classifier_head.mlp.0.weight" in sd
+    refined = "seg_head.mask_head.refine.0.weight" in sd  # RefinedMaskHead (s3od-lite v6)
     try:
         sizes = {
             "features": sd["seg_head.scratch.layer1_rn.weight"].shape[0],
             "num_masks": sum(1 for k in sd if re.fullmatch(
                 r"seg_head\.mask_head\.mask_heads\.\d+\.0\.weight", k)),
             "mask_inter_features": sd["seg_head.mask_head.mask_heads.0.0.weight"].shape[0],
-            "mask_upsample_features": sd["seg_head.mask_head.upsample_2x.0.weight"].shape[1],
+            "mask_upsample_features": (
+                sd["seg_head.mask_head.reduce.weight"].shape[0] if refined
+                else sd["seg_head.mask_head.upsample_2x.0.weight"].shape[1]),
             "iou_hidden": sd["seg_head.classifier_head.mlp.0.weight" if from_masks
                              else "seg_head.classifier_head.2.weight"].shape[0],
         }
@@ -161,6 +169,9 @@ def infer_config(state_dict: dict[str, torch.Tensor]) -> tuple[str, dict[str, An
     head: dict[str, Any] = {k: int(v) for k, v in sizes.items()}
     if from_masks:
         head["iou_head"] = "mask_statistics"
+    if refined:
+        head["refine_features"] = int(sd["seg_head.mask_head.refine.0.weight"].shape[0])
+        head["mask_stride"] = 2
     if "encoder.embeddings.patch_embeddings.weight" in sd:
         hidden = int(sd["encoder.embeddings.patch_embeddings.weight"].shape[0])
         blocks = [re.match(r"encoder\.(?:model\.)?layer\.(\d+)\.", k) for k in sd]
@@ -188,7 +199,13 @@ def infer_config(state_dict: dict[str, torch.Tensor]) -> tuple[str, dict[str, An
 
 
 def build_from_checkpoint(resolved: ResolvedCheckpoint) -> torch.nn.Module:
-    """Instantiate the architecture and load the weights strictly, with a readable error."""
+    """Instantiate the architecture and load the weights strictly, with a readable error.
+
+    The network is sized on the ``meta`` device first: one that holds more numbers than the
+    checkpoint is refused before any memory is allocated.
+    """
+    check_size(resolved.architecture, resolved.config,
+               sum(t.numel() for t in resolved.state_dict.values()), resolved.source)
     model = build_model(resolved.architecture, **resolved.config)
     try:
         model.load_state_dict(resolved.state_dict, strict=True)
@@ -257,13 +274,21 @@ def _download_hub_file(repo: str, filenames: tuple[str, ...]) -> str:
 
 def _from_file(path: Path, spec: ModelSpec | None, name: str) -> ResolvedCheckpoint:
     state, arch, config = load_checkpoint(path)
+    if arch is not None:  # chosen by the file: only known architectures and bounded sizes
+        arch, config = check_config(arch, config, str(path))
     if arch is None and spec is not None:
         arch, config = spec.architecture, dict(spec.config)
     if arch is None:
         sidecar = path.with_name("config.json")
         if sidecar.is_file():
-            data = json.loads(sidecar.read_text())
-            arch, config = data.get("architecture"), dict(data.get("config") or {})
+            try:
+                raw = json.loads(sidecar.read_text())
+            except (OSError, ValueError) as err:
+                raise CheckpointError(f"cannot read {sidecar}: {err}") from None
+            data = check_metadata(raw, str(sidecar))
+            if data.get("architecture") is not None:
+                arch, config = check_config(data["architecture"], data.get("config") or {},
+                                            str(sidecar))
     if arch is None:
         arch, config = infer_config(state)
     # Input side: the registry entry's, else one stored with the weights, else the default of
