@@ -216,28 +216,27 @@ def test_policy_never_raises_a_smaller_torch_pool(tiny_lite_checkpoint, monkeypa
         torch.set_num_threads(before)
 
 
-def test_load_remover_applies_the_policy_on_onnx_runtime(tmp_path, tiny_lite_checkpoint,
-                                                         monkeypatch):
+def test_load_remover_applies_the_policy_on_onnx_runtime(tmp_path, monkeypatch):
     pytest.importorskip("onnxruntime")
     import onnxruntime as ort
 
-    from s3od.export import export_onnx
-
     import s3od
+    from s3od.errors import CheckpointError
 
-    path = tmp_path / "tiny.onnx"
-    export_onnx(tiny_lite_checkpoint, path, image_size=64, verify=False)
-    seen = []
-    base = ort.InferenceSession
+    path = tmp_path / "model.onnx"
+    path.write_bytes(b"not opened: the session below stops the load")
+    seen: list[int] = []
 
     def session(model, sess_options=None, **kwargs):
         seen.append(sess_options.intra_op_num_threads)
-        return base(model, sess_options=sess_options, **kwargs)
+        raise RuntimeError("stop here")
 
     monkeypatch.setattr(ort, "InferenceSession", session)
     monkeypatch.setattr(policy, "cpu_budget", lambda **_: CpuBudget(6))
-    remover = s3od.load_remover(path, workers=2)
-    assert seen == [3] and remover.threads.threads == 3
+    for kwargs in ({"workers": 2}, {}, {"threads": 5, "workers": 3}):
+        with pytest.raises(CheckpointError):
+            s3od.load_remover(path, **kwargs)
+    assert seen == [3, 6, 5]
 
 
 @pytest.fixture
