@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import io
+import os
 import random
 import struct
 import sys
@@ -378,6 +379,115 @@ def fuzz_cases(count: int, seed: int = 14) -> list[tuple[str, bytes]]:
         for _ in range(rng.choice((1, 1, 2, 3))):
             data = _mutate(data, rng) or b"\x00"
         out.append((f"fuzz-{i:03d}-{name.lower()}", data))
+    return out
+
+
+# ------------------------------------------------------------------- data-pipeline samples
+
+
+@dataclass(frozen=True)
+class SampleCase:
+    """One sample of the generation layout (``<class>/images|masks|metadata``) and its fate.
+
+    ``valid``: filter and export must take it (decodes, sizes agree, metadata fine); otherwise
+    they must report it as failed, per sample. ``agrees``: whether ``teacher_agreement`` at 0.5
+    lets it through (only meaningful when valid).
+    """
+
+    stem: bytes
+    image: bytes
+    suffix: str
+    mask: bytes
+    metadata: bytes | None
+    valid: bool
+    agrees: bool = True
+    #: False: either fate is right (malformed metadata a decoder may tolerate, fuzzed bytes);
+    #: a test then asks only that the sample is exported intact or reported
+    known: bool = True
+
+
+def _mask(height: int, width: int) -> bytes:
+    mask = np.zeros((height, width), np.uint8)
+    mask[height // 4: 3 * height // 4, width // 4: 3 * width // 4] = 255
+    return encode(Image.fromarray(mask, "L"), "PNG")
+
+
+def sample_cases(fuzz: int = 0) -> list[SampleCase]:
+    """Broken and odd samples for ``filter`` and ``export`` (plus ``fuzz`` mutated images,
+    whose fate is "valid or reported", see :func:`fuzz_samples`)."""
+    img = photo()
+    h, w = img.height, img.width
+    good_meta = b'{"caption": "a photo", "agreement": 0.97}'
+    mask = _mask(h, w)
+    jpeg = encode(img, "JPEG", quality=90)
+    cases = [
+        SampleCase(b"good-png", encode(img, "PNG"), "png", mask, good_meta, True),
+        SampleCase(b"good-jpg", jpeg, "jpg", mask, good_meta, True),
+        SampleCase(b"good-webp", encode(img, "WEBP", lossless=True), "webp", mask, good_meta,
+                   True),
+        SampleCase(b"good-bmp", encode(img, "BMP"), "bmp", mask, good_meta, True),
+        SampleCase(b"no-metadata", jpeg, "jpg", mask, None, True, agrees=False),
+        SampleCase(b"truncated-image", jpeg[: len(jpeg) // 2], "jpg", mask, good_meta, False),
+        SampleCase(b"truncated-mask", jpeg, "jpg", mask[: len(mask) // 2], good_meta, False),
+        SampleCase(b"empty-mask-file", jpeg, "jpg", b"", good_meta, False),
+        SampleCase(b"mask-other-size", jpeg, "jpg", _mask(h + 1, w), good_meta, False),
+        SampleCase(b"mask-transposed", jpeg, "jpg", _mask(w, h), good_meta, False),
+        SampleCase(b"mask-is-text", jpeg, "jpg", b"not a png", good_meta, False),
+        SampleCase(b"metadata-list", jpeg, "jpg", mask, b"[1, 2, 3]", False),
+        SampleCase(b"metadata-string", jpeg, "jpg", mask, b'"caption"', False),
+        SampleCase(b"metadata-not-utf8", jpeg, "jpg", mask, b'{"caption": "caf\xe9"}', False),
+        SampleCase(b"metadata-not-json", jpeg, "jpg", mask, b"{caption: 1", False),
+        SampleCase(b"metadata-empty", jpeg, "jpg", mask, b"", False),
+        SampleCase(b"caption-list", jpeg, "jpg", mask, b'{"caption": ["a", "b"]}', False),
+        SampleCase(b"category-number", jpeg, "jpg", mask, b'{"category": 7}', False),
+        SampleCase(b"agreement-true", jpeg, "jpg", mask, b'{"agreement": true}', True,
+                   agrees=False),
+        SampleCase(b"agreement-text", jpeg, "jpg", mask, b'{"agreement": "0.99"}', True,
+                   agrees=False),
+        SampleCase(b"agreement-nan", jpeg, "jpg", mask, b'{"agreement": NaN}', True,
+                   agrees=False),
+        SampleCase(b"agreement-huge", jpeg, "jpg", mask, b'{"agreement": 1e300}', True,
+                   agrees=False),
+        SampleCase(b"agreement-list", jpeg, "jpg", mask, b'{"agreement": [1]}', True,
+                   agrees=False),
+        SampleCase(b"name-caf\xe9", jpeg, "jpg", mask, good_meta, False),
+    ]
+    # every corpus file as the image of a sample, under an accepted suffix
+    for case in corpus():
+        if case.expect == OK and case.shape is not None:
+            cases.append(SampleCase(f"corpus-{case.name}".encode(), case.data, "png",
+                                    _mask(*case.shape), good_meta, True))
+        elif case.expect != OK:
+            cases.append(SampleCase(f"corpus-{case.name}".encode(), case.data, "png", mask,
+                                    good_meta, False, known=case.expect != TYPED))
+    return cases
+
+
+def write_samples(root: Path, cases: list[SampleCase], category: str = "hostile") -> Path:
+    """Write ``cases`` as ``root/<category>/{images,masks,metadata}``; returns the class folder."""
+    folder = root / category
+    for sub in ("images", "masks", "metadata"):
+        (folder / sub).mkdir(parents=True, exist_ok=True)
+    for case in cases:
+        stem = case.stem
+        (folder / "images").joinpath(os.fsdecode(stem + b"." + case.suffix.encode())
+                                     ).write_bytes(case.image)
+        (folder / "masks").joinpath(os.fsdecode(stem + b".png")).write_bytes(case.mask)
+        if case.metadata is not None:
+            (folder / "metadata").joinpath(os.fsdecode(stem + b".json")).write_bytes(
+                case.metadata)
+    return folder
+
+
+def fuzz_samples(count: int, seed: int = 22) -> list[SampleCase]:
+    """Mutated images and masks (see :func:`fuzz_cases`), of unknown fate (``known=False``)."""
+    out = []
+    mask = _mask(24, 40)
+    rng = random.Random(seed)
+    for i, (name, data) in enumerate(fuzz_cases(count, seed)):
+        broken_mask = _mutate(mask, rng) if i % 3 == 0 else mask
+        out.append(SampleCase(name.encode(), data, "png", broken_mask, None, False,
+                              known=False))
     return out
 
 

@@ -397,3 +397,88 @@ def test_real_image_features_feed_the_teacher_dataset(pipe, tmp_path):
     assert tuple(item["images"].shape) == (3, 64, 96)
     assert [tuple(f.shape) for f in item["transformer_features"]] == [(24, 8)] * 4
     assert tuple(item["concept_maps"]["category"].shape) == (4, 6)
+
+
+# ------------------------------------------------ hostile samples in filter and export (issue 22)
+
+
+def _ids(cases, category: str = "hostile") -> set[str]:
+    from synth_sod.data_generation.sharding import readable_text
+
+    return {readable_text(f"{category}_{os.fsdecode(c.stem)}") for c in cases}
+
+
+def test_filter_reports_broken_samples_and_never_passes_a_non_number(tmp_path):
+    from synth_sod.data_generation.filters import build_filter
+    from tests.hostile_corpus import sample_cases, write_samples
+
+    cases = sample_cases()
+    write_samples(tmp_path / "gen", cases)
+    cfg = FilteringConfig(input_path=str(tmp_path / "gen"), output_path=str(tmp_path / "out"))
+    flt = build_filter({"type": "teacher_agreement", "min_agreement": 0.5})
+    manifest = run_filtering(cfg, filters=[flt])
+    out = tmp_path / "out"
+    failed = {f["id"] for f in manifest.failed}
+    unknown = _ids(c for c in cases if not c.known)
+    assert failed - unknown == _ids(c for c in cases if c.known and not c.valid)
+    assert all("\n" not in f["error"] for f in manifest.failed)
+    kept = {p.stem for p in (out / "metadata").glob("*.json")}
+    assert kept - unknown == _ids(c for c in cases if c.known and c.valid and c.agrees)
+    rejected = {json.loads(line)["id"] for line in
+                (out / "rejections" / "shard-00000-of-00001.jsonl").read_text().splitlines()}
+    assert rejected - unknown == _ids(c for c in cases if c.known and c.valid and not c.agrees)
+    assert failed | kept | rejected == _ids(cases)  # every sample has one fate
+    assert not (failed & kept or failed & rejected or kept & rejected)
+    assert "hostile_agreement-true" in rejected  # a bool is not a number
+
+
+def test_export_writes_only_rows_that_training_reads(tmp_path):
+    """Broken, odd and fuzzed samples: every row written decodes in the training source with
+    equal image and mask sizes; every other sample is reported by id; exit 1, no traceback."""
+    data = pytest.importorskip("synth_sod.model_training.data")
+    from typer.testing import CliRunner
+
+    from synth_sod.data_generation.cli import app
+    from synth_sod.data_generation.export import export_parquet
+    from tests.hostile_corpus import fuzz_samples, sample_cases, write_samples
+
+    cases, fuzzed = sample_cases(), fuzz_samples(40)
+    write_samples(tmp_path / "gen", cases + fuzzed)
+    manifest = export_parquet(tmp_path / "gen", tmp_path / "ds", rows_per_file=64)
+    failed = {f["id"] for f in manifest.failed}
+    assert _ids(c for c in cases if c.known and not c.valid) <= failed
+    source = data.load_hf_source(str(tmp_path / "ds"))
+    exported = {source.key(i).rsplit("/", 1)[-1] for i in range(len(source))}
+    assert exported == _ids(cases + fuzzed) - failed
+    assert _ids(c for c in cases if c.known and c.valid) <= exported
+    assert failed & _ids(fuzzed) and exported & _ids(fuzzed)  # the fuzzer hits both ways
+    for i in range(len(source)):
+        image, mask = source.load(i)
+        assert image.shape[:2] == mask.shape and image.ndim == 3
+    result = CliRunner().invoke(app, ["export", "--input-dir", str(tmp_path / "gen"),
+                                      "--output-dir", str(tmp_path / "ds2")])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert f"{len(failed)} failed" in " ".join(result.output.split())
+
+
+def test_filter_and_export_name_the_files_they_leave_out(tmp_path, caplog):
+    """Not a silent drop: files outside the suffix list, images without a mask and two images
+    sharing a stem are named in a warning and in the filter manifest."""
+    from synth_sod.data_generation.export import collect_rows
+    from synth_sod.data_generation.filters import build_filter
+    from tests.hostile_corpus import sample_cases, write_samples
+
+    folder = write_samples(tmp_path / "gen", sample_cases()[:2])
+    (folder / "images" / "scan.tif").write_bytes(b"II*\x00")
+    (folder / "images" / "lonely.jpg").write_bytes((folder / "images" / "good-jpg.jpg")
+                                                   .read_bytes())
+    (folder / "images" / "good-png.webp").write_bytes(b"RIFF")
+    cfg = FilteringConfig(input_path=str(tmp_path / "gen"), output_path=str(tmp_path / "out"))
+    with caplog.at_level("WARNING"):
+        manifest = run_filtering(cfg, filters=[build_filter({"type": "teacher_agreement"})])
+        rows = collect_rows(tmp_path / "gen")
+    note = manifest.settings["not_samples"]
+    for expected in ("scan.tif", "lonely.jpg", "sharing a stem"):
+        assert expected in note
+        assert expected in caplog.text
+    assert [r.id for r in rows] == ["hostile_good-jpg"]
