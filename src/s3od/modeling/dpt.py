@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from s3od.modeling.heads import IoUHead, MaskStatisticsIoUHead, MultiMaskHead
+from s3od.modeling.heads import IoUHead, MaskStatisticsIoUHead, MultiMaskHead, RefinedMaskHead
 
 #: Values of the decoder's ``iou_head`` argument (see :class:`DPTHead`).
 IOU_HEADS = ("global", "mask_statistics")
@@ -122,6 +122,10 @@ class DPTHead(nn.Module):
 
     ``iou_head="global"`` is the published IoU head (pooled image features only);
     ``"mask_statistics"`` scores each candidate from its own map (s3od-lite v4).
+
+    ``refine_features > 0`` (s3od-lite v6) replaces the mask head with :class:`RefinedMaskHead`:
+    full-resolution masks guided by the encoder's stride-2 features (``skip_channels`` wide)
+    and by the image; ``forward`` then needs ``guides=(stride2_features, image)``.
     """
 
     def __init__(
@@ -138,10 +142,15 @@ class DPTHead(nn.Module):
         resize_factors: Sequence[float] = (4, 2, 1, 0.5),
         mask_stride: int = 1,
         iou_head: str = "global",
+        refine_features: int = 0,
+        skip_channels: int = 0,
     ) -> None:
         super().__init__()
         if mask_stride not in (1, 2):
             raise ValueError(f"mask_stride must be 1 or 2, got {mask_stride}")
+        if refine_features and (mask_stride != 2 or skip_channels <= 0):
+            raise ValueError("refine_features needs mask_stride=2 and the encoder's stride-2 "
+                             "channels (skip_channels)")
         self.reassemble = reassemble
         if reassemble:
             assert isinstance(in_channels, int)
@@ -150,10 +159,16 @@ class DPTHead(nn.Module):
                 _reassemble_resize(c, f) for c, f in zip(out_channels, resize_factors, strict=True)
             )
         self.scratch = Scratch(out_channels, features, use_bn, final_upsample=mask_stride == 1)
-        self.mask_head = MultiMaskHead(
-            features, num_masks, inter_features=mask_inter_features,
-            upsample_features=mask_upsample_features, upsample_logits=mask_stride != 1,
-        )
+        self.refined = refine_features > 0
+        self.mask_head: nn.Module = (
+            RefinedMaskHead(features, num_masks, skip_channels,
+                            upsample_features=mask_upsample_features,
+                            inter_features=mask_inter_features,
+                            refine_features=refine_features)
+            if self.refined else
+            MultiMaskHead(features, num_masks, inter_features=mask_inter_features,
+                          upsample_features=mask_upsample_features,
+                          upsample_logits=mask_stride != 1))
         if iou_head not in IOU_HEADS:
             raise ValueError(f"iou_head must be one of {sorted(IOU_HEADS)}, got {iou_head!r}")
         self.iou_from_masks = iou_head == "mask_statistics"
@@ -162,7 +177,8 @@ class DPTHead(nn.Module):
             else IoUHead(features, num_masks, hidden=iou_hidden))
 
     def forward(
-        self, feats: Sequence[torch.Tensor], output_size: Sequence[int]
+        self, feats: Sequence[torch.Tensor], output_size: Sequence[int],
+        guides: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> dict[str, torch.Tensor]:
         if self.reassemble:
             feats = [
@@ -170,6 +186,11 @@ class DPTHead(nn.Module):
                 for f, project, resize in zip(feats, self.projects, self.resize_layers, strict=True)
             ]
         path1 = self.scratch(feats)
-        masks = self.mask_head(path1, output_size)
+        if self.refined:
+            if guides is None:
+                raise ValueError("a refined mask head needs guides=(stride2_features, image)")
+            masks = self.mask_head(path1, *guides)
+        else:
+            masks = self.mask_head(path1, output_size)
         iou = self.classifier_head(masks if self.iou_from_masks else path1)
         return {"pred_masks": masks, "pred_iou": iou, "features": path1}

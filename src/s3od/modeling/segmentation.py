@@ -70,7 +70,8 @@ class DPTSegmentation(nn.Module):
 
 class LiteSegmentation(nn.Module):
     """EfficientNet-Lite (``encoder``: lite0, lite1, lite2) + the same decoder and heads, for fast
-    CPU inference."""
+    CPU inference. ``refine_features > 0`` gives full-resolution masks refined on the photo
+    (s3od-lite v6, see :class:`s3od.modeling.heads.RefinedMaskHead`)."""
 
     size_multiple = 32
 
@@ -86,6 +87,7 @@ class LiteSegmentation(nn.Module):
         mask_stride: int = 1,
         iou_head: str = "global",
         encoder: str = "lite0",
+        refine_features: int = 0,
     ) -> None:
         super().__init__()
         self.encoder = EfficientNetLiteFeatures(encoder)
@@ -97,8 +99,12 @@ class LiteSegmentation(nn.Module):
             out_channels=self.encoder.feature_channels, num_masks=num_masks, use_bn=use_bn,
             reassemble=False, mask_upsample_features=mask_upsample_features,
             mask_inter_features=mask_inter_features, iou_hidden=iou_hidden,
-            mask_stride=mask_stride, iou_head=iou_head,
+            mask_stride=mask_stride, iou_head=iou_head, refine_features=refine_features,
+            skip_channels=self.encoder.stride2_channels if refine_features else 0,
         )
 
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        if self.seg_head.refined:
+            stride2, feats = self.encoder.forward_with_stride2(images)
+            return self.seg_head(feats, images.shape[-2:], guides=(stride2, images))
         return self.seg_head(self.encoder(images), images.shape[-2:])

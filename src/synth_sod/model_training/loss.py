@@ -18,6 +18,7 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -123,12 +124,114 @@ class SSIMLoss(nn.Module):
         return _reduce(per, self.reduction)
 
 
+def boundary_weights(target: torch.Tensor, kernel_size: int = 31,
+                     strength: float = 5.0) -> torch.Tensor:
+    """``1 + strength * |local mean - target|``: large near the object's outline, 1 elsewhere.
+
+    Plain BCE and IoU count an edge pixel like any other, and an object's inside outnumbers its
+    outline by far, so a model that blurs every edge loses little. The local mean differs from
+    the target only within half a window of an edge, thin parts included.
+    """
+    y = target.float()
+    y4 = y.unsqueeze(1) if y.ndim == 3 else y
+    pad = kernel_size // 2
+    local = F.avg_pool2d(F.pad(y4, (pad, pad, pad, pad), mode="replicate"), kernel_size,
+                         stride=1)
+    return (1.0 + strength * (local - y4).abs()).reshape(y.shape)
+
+
+class BoundaryBCELoss(nn.Module):
+    """BCE weighted by :func:`boundary_weights` (the weighted-BCE half of F3Net's structure
+    loss), normalised by the weights' sum per sample."""
+
+    def __init__(self, kernel_size: int = 31, strength: float = 5.0,
+                 reduction: str = "none") -> None:
+        super().__init__()
+        self.kernel_size, self.strength, self.reduction = kernel_size, strength, reduction
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        w = boundary_weights(target, self.kernel_size, self.strength)
+        bce = F.binary_cross_entropy_with_logits(logits.float(), target.float(), reduction="none")
+        per = (w * bce).flatten(1).sum(1) / w.flatten(1).sum(1)
+        return _reduce(per, self.reduction)
+
+
+class BoundaryIoULoss(nn.Module):
+    """Soft IoU loss with every pixel weighted by :func:`boundary_weights`."""
+
+    def __init__(self, kernel_size: int = 31, strength: float = 5.0, smooth: float = 1.0,
+                 reduction: str = "none") -> None:
+        super().__init__()
+        self.kernel_size, self.strength = kernel_size, strength
+        self.smooth, self.reduction = smooth, reduction
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        w = boundary_weights(target, self.kernel_size, self.strength).flatten(1)
+        p = torch.sigmoid(logits.float()).flatten(1)
+        y = target.float().flatten(1)
+        inter = (w * p * y).sum(1)
+        union = (w * (p + y)).sum(1) - inter
+        return _reduce(1.0 - (inter + self.smooth) / (union + self.smooth), self.reduction)
+
+
 LOSSES: dict[str, type[nn.Module]] = {
     "focal": FocalLoss,
     "iou": IoULoss,
     "bce": BCELoss,
     "ssim": SSIMLoss,
+    "boundary_bce": BoundaryBCELoss,
+    "boundary_iou": BoundaryIoULoss,
 }
+
+#: What each candidate of a role-trained model draws (``MultiMaskLoss(candidate_roles=...)``).
+CANDIDATE_ROLES = ("object", "main_component", "filled")
+
+
+def role_targets(target: torch.Tensor, roles: Sequence[str]) -> torch.Tensor:
+    """``(B, H, W)`` soft target -> ``(B, len(roles), H, W)``, one target per candidate role.
+
+    - ``object``: the target itself (everything the annotator or teacher kept);
+    - ``main_component``: only the largest connected part of the object (at 0.5), with its soft
+      edge: the answer when extra regions are a second object or attached clutter;
+    - ``filled``: the object with enclosed holes filled: the answer when a hole is a see-through
+      gap the user wants kept solid.
+
+    On a photo with one solid object all three are the same mask, so the candidates differ only
+    where the photo is ambiguous in one of these two ways.
+    """
+    from scipy import ndimage
+
+    unknown = sorted(set(roles) - set(CANDIDATE_ROLES))
+    if unknown:
+        raise ValueError(f"unknown candidate roles {unknown}; expected {list(CANDIDATE_ROLES)}")
+    y = target.detach().float()
+    if y.ndim == 4:
+        y = y[:, 0]
+    out = y.unsqueeze(1).repeat(1, len(roles), 1, 1)
+    if set(roles) == {"object"}:
+        return out
+    binary = (y > 0.5).cpu().numpy()
+    structure = np.ones((3, 3), dtype=bool)
+    for b in range(len(binary)):
+        fg = binary[b]
+        if not fg.any():
+            continue
+        for k, role in enumerate(roles):
+            if role == "main_component":
+                labels, count = ndimage.label(fg, structure=structure)
+                if count <= 1:
+                    continue
+                sizes = np.bincount(labels.ravel())[1:]
+                keep = labels == (1 + int(sizes.argmax()))
+                # Keep the soft edge of that part: grow it by a few pixels before masking.
+                near = ndimage.binary_dilation(keep, structure=structure, iterations=3)
+                out[b, k] = y[b] * torch.from_numpy(near).to(y.device, y.dtype)
+            elif role == "filled":
+                filled = ndimage.binary_fill_holes(fg)
+                if filled.sum() > fg.sum():
+                    out[b, k] = torch.maximum(
+                        y[b], torch.from_numpy(filled).to(y.device, y.dtype))
+    return out.to(target.dtype)
 
 
 def soft_iou(probs: torch.Tensor, target: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
@@ -184,6 +287,12 @@ class MultiMaskLoss(nn.Module):
     ``forward(..., iou_head_weights=w)`` weights the IoU-head terms per sample (``(B,)``, e.g. 0
     for samples whose mask came from a teacher): the head should learn which candidate matches
     a human mask, not which one imitates the teacher best (see ``iou_head_sources``).
+
+    ``candidate_roles`` (e.g. ``["object", "main_component", "filled"]``, s3od-lite v6)
+    replaces best-of-N: candidate k always learns :func:`role_targets`' k-th target, so the
+    candidates coincide unless the photo is ambiguous in that way, instead of differing by a
+    few edge pixels whichever way the best-of-N choice fell. The IoU head still learns each
+    candidate's IoU against the real target: the pick is judged by that.
     """
 
     def __init__(
@@ -196,8 +305,12 @@ class MultiMaskLoss(nn.Module):
         iou_rank_temperature: float = 0.1,
         iou_head_target: str = "soft",
         iou_head_criterion: str = "mse",
+        candidate_roles: Sequence[str] | None = None,
     ) -> None:
         super().__init__()
+        self.candidate_roles = tuple(candidate_roles) if candidate_roles else None
+        if self.candidate_roles:
+            role_targets(torch.zeros(1, 1, 1), self.candidate_roles)  # validates the names
         if iou_head_target not in ("soft", "hard"):
             raise ValueError(f"iou_head_target must be 'soft' or 'hard', got {iou_head_target!r}")
         if iou_head_criterion not in ("mse", "bce"):
@@ -277,6 +390,19 @@ class MultiMaskLoss(nn.Module):
         with torch.no_grad():
             ious = soft_iou(torch.sigmoid(logits), target)
             best = ious.argmax(1)
+        if self.candidate_roles:
+            if len(self.candidate_roles) != n:
+                raise ValueError(f"{len(self.candidate_roles)} candidate roles for a model with "
+                                 f"{n} candidates")
+            goals = role_targets(target, self.candidate_roles)
+            flat = logits.reshape(b * n, *logits.shape[2:])
+            for name, w, crit in zip(self.names, self.weights, self.criterions, strict=True):
+                per = crit(flat, goals.reshape_as(flat)).reshape(b, n)
+                total = total + w * per.mean()
+                parts[f"{name}_roles"] = per.mean().detach()
+                parts[f"{name}_object"] = per[:, 0].mean().detach()
+            return self._head_terms(outputs, logits, target, ious, best, iou_head_weights,
+                                    total, parts, 0.0)
         lam = full_mask_weight(epoch, self.full_mask_lambda, self.decay_rate)
         flat = logits.reshape(b * n, *logits.shape[2:])
         flat_target = target.unsqueeze(1).expand(b, n, *target.shape[1:]).reshape_as(flat)
@@ -288,6 +414,15 @@ class MultiMaskLoss(nn.Module):
             total = total + w * (best_term + lam * full_term)
             parts[f"{name}_best"] = best_term.detach()
             parts[f"{name}_full"] = full_term.detach()
+        return self._head_terms(outputs, logits, target, ious, best, iou_head_weights, total,
+                                parts, lam)
+
+    def _head_terms(self, outputs: Mapping[str, torch.Tensor], logits: torch.Tensor,
+                    target: torch.Tensor, ious: torch.Tensor, best: torch.Tensor,
+                    iou_head_weights: torch.Tensor | None, total: torch.Tensor,
+                    parts: dict[str, torch.Tensor], lam: float,
+                    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """IoU-head regression and ranking terms, and the logged summaries (multi-mask)."""
         if self.iou_head_weight and "pred_iou" in outputs:
             mse = self._iou_head_term(outputs["pred_iou"], logits, target, ious,
                                       iou_head_weights)
@@ -321,4 +456,5 @@ def build_loss(cfg: Mapping[str, Any]) -> MultiMaskLoss:
         iou_rank_temperature=cfg.get("iou_rank_temperature", 0.1),
         iou_head_target=cfg.get("iou_head_target", "soft"),
         iou_head_criterion=cfg.get("iou_head_criterion", "mse"),
+        candidate_roles=cfg.get("candidate_roles"),
     )

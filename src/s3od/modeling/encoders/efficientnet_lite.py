@@ -74,6 +74,8 @@ class EfficientNetLiteFeatures(nn.Module):
         self.variant = variant
         config = VARIANTS[variant]
         self.feature_channels = tuple(config[i][3] for i in FEATURE_STAGES)
+        #: Channels of the stride-2 map :meth:`forward_with_stride2` also returns.
+        self.stride2_channels = config[0][3]
         self.stem = _conv_bn(3, 32, 3, stride=2)
         stages = []
         cin = 32
@@ -86,13 +88,21 @@ class EfficientNetLiteFeatures(nn.Module):
         self.stages = nn.ModuleList(stages)
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        return self.forward_with_stride2(x)[1]
+
+    def forward_with_stride2(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """The first stage's stride-2 output (edges a full-resolution head needs) and the four
+        decoder features."""
         x = self.stem(x)
         feats = []
+        stride2 = x
         for i, stage in enumerate(self.stages):
             x = stage(x)
+            if i == 0:
+                stride2 = x
             if i in FEATURE_STAGES:
                 feats.append(x)
-        return feats
+        return stride2, feats
 
 
 class EfficientNetLite0Features(EfficientNetLiteFeatures):
