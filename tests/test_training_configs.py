@@ -174,6 +174,7 @@ def _run_small(tmp_path: Path, monkeypatch, *overrides: str, n: int = 12):
     ("backend.max_epochs=-5", "backend.max_epochs"),
     ("backend.max_epochs=0", "backend.max_epochs"),
     ("backend.max_epochs=ten", "backend.max_epochs"),
+    ("+backend.max_steps=0", "backend.max_steps"),
     ("dataset.val_split=1.5", "dataset.val_split"),
     ("dataset.val_split=1.0", "dataset.val_split"),
     ("dataset.val_split=-0.1", "dataset.val_split"),
