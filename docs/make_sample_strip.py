@@ -1,18 +1,21 @@
-"""Side-by-side cut-outs of the committed sample photos: s3od-lite against rembg's models.
+"""Side-by-side cut-outs of the committed sample photos: s3od-lite against the offline peers.
 
-    python docs/make_sample_strip.py --teacher u2netp=path/to/u2netp.onnx \\
-        --teacher u2net=path/to/u2net.onnx [--model s3od-lite]
+    python benchmarks/peers.py fetch          # once: the peers' ONNX files, outside the repo
+    python docs/make_sample_strip.py --peer u2netp --peer u2net --peer isnet-medium \\
+        --peer isnet-small [--model s3od-lite]
 
 One row per photo in assets/samples (permissive licences): the photo, then each method's
-cut-out over a checkerboard, so kept background and holes both show. rembg's models run through
-the pseudo-label step's ONNX teacher (rembg's own preprocessing); their ``.onnx`` files come
-out of the PyPI wheels named in docs/model-card.md and are never committed. Writes
-docs/images/samples_vs_rembg.png.
+cut-out over a checkerboard, so kept background and holes both show. Peers run exactly as in
+``benchmarks/quality.py`` (``benchmarks/peers.py``: rembg's preprocessing for U²-Net, IMG.LY's
+for ISNet); their files are fetched by the benchmark's fetch step, sha256 checked, and never
+committed (ISNet is AGPL: shown as a peer only). ``--teacher NAME=path.onnx`` adds any other
+rembg-style ONNX model. Writes docs/images/samples_vs_rembg.png.
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -44,6 +47,11 @@ def fit(image: np.ndarray) -> Image.Image:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="s3od-lite", help="s3od model (default: bundled)")
+    parser.add_argument("--peer", action="append", default=[],
+                        help="a peer row of benchmarks/peers.py (u2net, u2netp, isnet-medium, "
+                             "isnet-small, ...); repeatable, shown in this order")
+    parser.add_argument("--peer-cache", type=Path, default=None,
+                        help="folder of the peer files (default: peers.py's cache)")
     parser.add_argument("--teacher", action="append", default=[],
                         help="NAME=path.onnx of a rembg model; repeatable")
     parser.add_argument("--out", type=Path, default=REPO / "docs" / "images" /
@@ -57,6 +65,16 @@ def main() -> None:
     remover = load_remover(args.model, device="cpu")
     methods = [(f"{args.model} ({remover.image_size} px)",
                 lambda rgb: remover.remove_background(rgb).predicted_mask)]
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from peers import PeerError, load_peer
+
+    for name in args.peer:
+        try:
+            fn = load_peer(name, args.peer_cache)
+        except PeerError as err:
+            raise SystemExit(f"--peer {name}: {err}") from None
+        vendor = "IMG.LY" if name.startswith("isnet") else "rembg"
+        methods.append((f"{vendor} {name}", fn))
     for spec in args.teacher:
         name, path = spec.split("=", 1)
         teacher = OnnxTeacher(path)
