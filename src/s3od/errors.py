@@ -36,3 +36,8 @@ class MissingDependencyError(S3ODError, ImportError):
 
 class InvalidVideoError(S3ODError, ValueError):
     """A video could not be opened, decoded or written in the requested format."""
+
+
+class VideoTooLargeError(ImageTooLargeError, InvalidVideoError):
+    """The video stream's header declares frames of more pixels than the caller's limit (the
+    photos' ``max_pixels``); no frame was decoded. Both an image-too-large and a video error."""

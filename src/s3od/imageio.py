@@ -297,12 +297,61 @@ def save_image_atomic(image: Image.Image, path: str | os.PathLike, **save_kwargs
     try:
         with os.fdopen(fd, "wb") as fh:
             image.save(fh, format=fmt, **save_kwargs)
+            fh.flush()
+            os.fsync(fh.fileno())  # on disk before the name says "done" (power loss, kill -9)
         os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp creates 0600; outputs get normal permissions
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    fsync_dir(path.parent)
     return path
+
+
+def fsync_dir(folder: str | os.PathLike) -> None:
+    """Make a rename in ``folder`` durable (POSIX; a no-op where folders cannot be opened)."""
+    if os.name != "posix":
+        return
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # some file systems refuse fsync on a folder; the data itself is synced
+        pass
+    finally:
+        os.close(fd)
+
+
+def output_problem(path: str | os.PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS
+                   ) -> str | None:
+    """Why an existing output at ``path`` does not count as done, or None when it is a
+    complete image (``--skip-existing``).
+
+    A directory, an empty file, a file that is not an image, and one whose pixels do not all
+    decode (truncated) are not done; the image is decoded in full, since a truncated PNG or
+    WebP still opens and reports its size.
+    """
+    path = Path(path)
+    if path.is_dir():
+        return "is a directory"
+    try:
+        size = path.stat().st_size
+    except OSError as err:
+        return f"cannot be read ({err.strerror or err})"
+    if size == 0:
+        return "is empty (0 bytes)"
+    try:
+        with _pillow_limit_lifted(), Image.open(path) as img:
+            if img.width * img.height > max_pixels:
+                return f"declares {img.width}x{img.height} pixels, over the limit"
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                img.load()
+    except Exception as err:  # Pillow raises OSError, SyntaxError, ValueError ... on bad files
+        return f"is not a complete image ({_reason(err)[:100]})"
+    return None
 
 
 #: mkstemp's random part: 8 characters of this alphabet.

@@ -66,17 +66,31 @@ def plan_videos(sources: list[Path], output: Path | None, rendering: Rendering, 
 
 def run_videos(jobs: list[Job], remover: Remover, rendering: Rendering, *, batch_size: int,
                refine: Any, fg_estimate: bool, temporal_smoothing: float, audio: bool,
-               skip_existing: bool) -> Summary:
-    """Process each video in turn with the loaded ``remover``; failures are collected."""
+               skip_existing: bool, max_pixels: int | None = None) -> Summary:
+    """Process each video in turn with the loaded ``remover``; failures are collected.
+
+    ``max_pixels`` is the photos' ``--max-pixels``: larger frames are refused from the
+    stream header. With ``skip_existing`` only complete outputs count as done.
+    """
     from s3od.errors import MissingDependencyError, S3ODError
+    from s3od.imageio import DEFAULT_MAX_PIXELS
     from s3od.video import remove_video_background
+    from s3od.video.io import video_output_problem
 
     summary = Summary()
     with progress_bar(FpsColumn()) as progress:
         for job in jobs:
-            if skip_existing and job.target.exists():
-                summary.skipped += 1
-                continue
+            if skip_existing and (job.target.exists() or job.target.is_symlink()):
+                problem = video_output_problem(job.target)
+                if problem is None:
+                    summary.skipped += 1
+                    continue
+                if job.target.is_dir():
+                    summary.failed.append((str(job.source), f"output {job.target} {problem}; "
+                                                            "not overwritten"))
+                    continue
+                console.print(f"[yellow]note:[/] redoing {escape(str(job.target))}: the "
+                              f"existing output {escape(problem)}")
             task = progress.add_task(job.source.name, total=None)
 
             def on_progress(done: int, expected: int | None, task: Any = task) -> None:
@@ -87,7 +101,8 @@ def run_videos(jobs: list[Job], remover: Remover, rendering: Rendering, *, batch
                     remover, job.source, job.target, batch_size=batch_size, refine=refine,
                     fg_estimate=fg_estimate, temporal_smoothing=temporal_smoothing,
                     background=rendering.background, mask_only=rendering.mask_only,
-                    audio=audio, on_progress=on_progress)
+                    audio=audio, on_progress=on_progress,
+                    max_pixels=DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels)
             except MissingDependencyError as err:
                 raise fail(str(err)) from None
             except (S3ODError, OSError) as err:

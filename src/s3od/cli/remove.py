@@ -283,9 +283,9 @@ def remove(
                                        help="Skip inputs whose output already exists."),
     threshold: float = typer.Option(0.5, min=0.0, max=1.0, help="Threshold used by --crop."),
     max_pixels: int = typer.Option(
-        None, min=1, help="Refuse photos with more pixels, read from the header before "
-                          "decoding (decompression bombs). [178000000: every camera up to "
-                          "150 MP]; raise it for larger panoramas."),
+        None, min=1, help="Refuse photos and video frames with more pixels, read from the "
+                          "header before decoding (decompression bombs). [178000000: every "
+                          "camera up to 150 MP]; raise it for larger panoramas."),
     refine: str = typer.Option("none", "--refine",
                                help="Edges: none, guided (fast guided filter) or matting "
                                     "(trimap matting, needs s3od\\[edges])."),
@@ -430,7 +430,7 @@ def run_removal(plan: RemovePlan, remover: Remover) -> Summary | None:
         return run_videos(plan.jobs, remover, plan.rendering, batch_size=plan.batch_size,
                           refine=plan.refine, fg_estimate=plan.fg_estimate,
                           temporal_smoothing=plan.temporal_smoothing, audio=plan.audio,
-                          skip_existing=plan.skip_existing)
+                          skip_existing=plan.skip_existing, max_pixels=plan.max_pixels)
     if plan.stdin or plan.stdout:
         _run_stream(plan, remover)
         return None
@@ -468,6 +468,34 @@ def _run_stream(plan: RemovePlan, remover: Remover) -> None:
         save_image_atomic(image, plan.output, format=plan.image_format, **plan.save_kwargs)
 
 
+def _skip_complete(plan: RemovePlan, summary: Summary) -> list[Job]:
+    """``--skip-existing``: the jobs still to do. An existing output counts as done only when
+    it is a complete image (:func:`s3od.imageio.output_problem`); an empty, truncated or
+    undecodable one is redone and a directory in its place is a failure, each said aloud."""
+    from rich.markup import escape
+
+    from s3od.imageio import output_problem
+
+    todo, redo = [], []
+    for job in plan.jobs:
+        if not (job.target.exists() or job.target.is_symlink()):
+            todo.append(job)
+            continue
+        problem = output_problem(job.target)
+        if problem is None:
+            summary.skipped += 1
+        elif job.target.is_dir():
+            summary.failed.append((str(job.source), f"output {job.target} {problem}; not "
+                                                    "overwritten"))
+        else:
+            redo.append(f"{escape(job.target.name)} {escape(problem)}")
+            todo.append(job)
+    if redo:
+        console.print(f"[yellow]note:[/] redoing {len(redo)} existing output(s) that are not "
+                      "complete: " + "; ".join(redo[:5]) + (" ..." if len(redo) > 5 else ""))
+    return todo
+
+
 def _run_jobs(plan: RemovePlan, remover: Remover) -> Summary:
     """Photos in batches of ``plan.batch_size``; a bad file or batch is recorded, not fatal."""
     from PIL import PngImagePlugin
@@ -488,12 +516,7 @@ def _run_jobs(plan: RemovePlan, remover: Remover) -> Summary:
         console.print(f"[yellow]note:[/] removed {len(stale)} temp file(s) an interrupted run "
                       "left: " + ", ".join(escape(p.name) for p in stale[:5])
                       + (" ..." if len(stale) > 5 else ""))
-    todo = []
-    for job in plan.jobs:
-        if plan.skip_existing and job.target.exists():
-            summary.skipped += 1
-        else:
-            todo.append(job)
+    todo = _skip_complete(plan, summary) if plan.skip_existing else list(plan.jobs)
 
     def save(job: Job, result: Any) -> None:
         if plan.all_masks:  # masks first: an existing cut-out means its masks are complete

@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from s3od.errors import InvalidVideoError, MissingDependencyError
+from s3od.errors import InvalidVideoError, MissingDependencyError, VideoTooLargeError
 
 log = logging.getLogger(__name__)
 
@@ -126,6 +126,49 @@ def probe(path: str | os.PathLike) -> VideoInfo:
         return VideoInfo(ctx.width, ctx.height, Fraction(fps), frames or None, duration, audio)
     finally:
         container.close()
+
+
+def check_frame_size(info: VideoInfo, max_pixels: int, source: str | os.PathLike) -> None:
+    """Refuse frames over ``max_pixels`` from the stream header, before any frame is decoded
+    (the photos' limit: ``--max-pixels``, :data:`s3od.imageio.DEFAULT_MAX_PIXELS`)."""
+    pixels = info.width * info.height
+    if info.width <= 0 or info.height <= 0:
+        raise InvalidVideoError(f"{source}: the video stream declares no frame size "
+                                f"({info.width}x{info.height})")
+    if pixels > max_pixels:
+        raise VideoTooLargeError(
+            f"{source}: video frames are {info.width}x{info.height} = {pixels / 1e6:.1f} MP, "
+            f"over the limit of {max_pixels / 1e6:.1f} MP (each frame would take "
+            f"{3 * pixels / 2**30:.1f} GiB decoded); raise max_pixels (CLI: --max-pixels) to "
+            "allow larger frames")
+
+
+def video_output_problem(path: str | os.PathLike) -> str | None:
+    """Why an existing video output does not count as done (``--skip-existing``), or None.
+
+    Done means: a non-empty file that opens, has a video stream, whose packets all demux and
+    whose first frame decodes.
+    """
+    av = av_module()
+    path = Path(path)
+    if path.is_dir():
+        return "is a directory"
+    try:
+        if path.stat().st_size == 0:
+            return "is empty (0 bytes)"
+        with av.open(str(path)) as container:
+            if not container.streams.video:
+                return "has no video stream"
+            stream = container.streams.video[0]
+            decoded = False
+            for packet in container.demux(stream):  # the last, empty packet flushes
+                if not decoded:
+                    decoded = bool(packet.decode())
+            if not decoded:
+                return "has no decodable frame"
+    except (av.FFmpegError, OSError, ValueError) as err:
+        return f"is not a complete video ({type(err).__name__}: {str(err)[:80]})"
+    return None
 
 
 def iter_frames(path: str | os.PathLike) -> Iterator[np.ndarray]:
@@ -322,7 +365,12 @@ class VideoWriter:
             self._container = None
             assert self._tmp is not None  # set by __enter__
             os.chmod(self._tmp, _file_mode())     # mkstemp makes 0600; outputs follow umask
+            with open(self._tmp, "rb+") as fh:    # on disk before the name says "done"
+                os.fsync(fh.fileno())
             os.replace(self._tmp, self.path)
+            from s3od.imageio import fsync_dir
+
+            fsync_dir(self.path.parent)
         except av.FFmpegError as err:
             self._discard()
             raise InvalidVideoError(f"cannot finish {self.path.name}: {err}") from err

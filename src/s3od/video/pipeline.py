@@ -13,8 +13,9 @@ from typing import Any
 import numpy as np
 
 from s3od.errors import InvalidVideoError
+from s3od.imageio import DEFAULT_MAX_PIXELS
 from s3od.refine.pipeline import RefineConfig, cutout_array, refine_alpha, refine_config
-from s3od.video.io import VideoWriter, iter_frames, output_format, probe
+from s3od.video.io import VideoWriter, check_frame_size, iter_frames, output_format, probe
 from s3od.video.temporal import TemporalSmoother
 
 #: ``(frames done, frames expected or None)`` after each written frame.
@@ -83,6 +84,7 @@ def remove_video_background(
     audio: bool = True,
     max_frames: int | None = None,
     on_progress: ProgressFn | None = None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> VideoReport:
     """Cut the main object out of every frame of ``source`` and encode ``target``.
 
@@ -101,6 +103,8 @@ def remove_video_background(
         audio: copy (or re-encode) the first audio stream when there is one.
         max_frames: stop after this many frames (previews, tests).
         on_progress: called after each frame with ``(done, expected)``.
+        max_pixels: frames over this many pixels are refused from the stream header, before
+            any frame is decoded (the photos' limit; CLI ``--max-pixels``).
 
     Returns:
         A :class:`VideoReport`. The output appears under ``target`` only once complete.
@@ -115,6 +119,7 @@ def remove_video_background(
             f"{Path(target).suffix} video has no alpha channel: write .webm or .mov, or give a "
             "background colour or image, or ask for the mask")
     info = probe(source)
+    check_frame_size(info, max_pixels, source)
     smoother = TemporalSmoother(temporal_smoothing) if temporal_smoothing > 0 else None
     bg = _background_array(background, info.width, info.height) if not mask_only else None
     expected = info.frames if max_frames is None else min(max_frames, info.frames or max_frames)
