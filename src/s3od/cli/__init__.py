@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from s3od.cli import evaluate as _evaluate  # noqa: F401
 from s3od.cli import export as _export  # noqa: F401
+from s3od.cli import publish as _publish  # noqa: F401
 from s3od.cli import remove as _remove  # noqa: F401  (registers commands)
 from s3od.cli import serve as _serve  # noqa: F401
 from s3od.cli.app import app
