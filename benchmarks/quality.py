@@ -712,9 +712,10 @@ DEFAULTS_LABEL = "s3od-lite, defaults (bundled; `s3od remove`: PyTorch, precisio
 
 def speed_jobs(spec: str, size: int | None, teachers: list[tuple[str, Path, bool]],
                peers: list[str], cache: Path | None, images: list[str],
-               folder: Path) -> list[tuple[str, dict[str, Any], Path]]:
-    """The shipped s3od-lite at its defaults; the headline model on PyTorch (precision auto)
-    and exported to ONNX Runtime; every ONNX teacher and peer; all on the same photos."""
+               folder: Path, torch_row: bool = True) -> list[tuple[str, dict[str, Any], Path]]:
+    """The shipped s3od-lite at its defaults; the headline model on PyTorch (precision auto;
+    left out with ``torch_row=False`` when that is the defaults row again) and exported to
+    ONNX Runtime; every ONNX teacher and peer; all on the same photos."""
     from peers import PEER_FILES, PEER_ROWS, cache_dir
 
     from s3od.export import export_onnx
@@ -731,13 +732,13 @@ def speed_jobs(spec: str, size: int | None, teachers: list[tuple[str, Path, bool
     at = f" @{size}" if size else ""
     onnx_path = folder / "ours.onnx"
     export_onnx(model_id, onnx_path, image_size=size)
-    jobs += [
-        (f"{label}{at}, PyTorch (precision auto)",
-         {"kind": "s3od", "model": model_id, "size": size, "precision": "auto",
-          "images": images}, weights),
-        (f"{label}{at}, ONNX Runtime",
-         {"kind": "s3od", "model": str(onnx_path), "size": size, "images": images}, onnx_path),
-    ]
+    if torch_row:
+        jobs.append((f"{label}{at}, PyTorch (precision auto)",
+                     {"kind": "s3od", "model": model_id, "size": size, "precision": "auto",
+                      "images": images}, weights))
+    jobs.append((f"{label}{at}, ONNX Runtime",
+                 {"kind": "s3od", "model": str(onnx_path), "size": size, "images": images},
+                 onnx_path))
     for peer in peers:
         path = cache_dir(cache) / PEER_FILES[PEER_ROWS[peer].file].filename
         jobs.append((peer, {"kind": "peer", "name": peer,
@@ -841,6 +842,9 @@ def _load_models(specs: list[str], sizes: list[int | None]) -> tuple[list[Loaded
             remover = BackgroundRemoval(model_id, image_size=size, device="cpu")
             label = name or (remover.model_name if spec == "bundled" or not path.is_file()
                              else path.stem)
+            taken = {m.label for m in models}
+            if f"{label} @{remover.image_size}" in taken:  # e.g. a copy of the bundled file
+                label = f"{label} ({rel(path) if path.is_file() else spec})"
             models.append(LoadedModel(f"{label} @{remover.image_size}", remover, digest))
         seen = DAVIS_SEEN.get((digest or "")[:16])
         source = rel(remover.source) if Path(str(remover.source)).exists() else remover.source
@@ -931,9 +935,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.speed_images:
         photos = [str(im.image.resolve()) for im in bsds[:args.speed_images]]
         with tempfile.TemporaryDirectory(prefix="s3od-quality-") as tmp:
-            jobs = speed_jobs((args.model or ["bundled"])[0], models[0].remover.image_size,
-                              teachers, peer_names,
-                              args.peer_cache, photos, Path(tmp))
+            headline = (args.model or ["bundled"])[0]
+            jobs = speed_jobs(headline, models[0].remover.image_size, teachers, peer_names,
+                              args.peer_cache, photos, Path(tmp),
+                              torch_row=not (headline == "bundled" and sizes[0] is None))
             labels = [j[0] for j in jobs]
             speed_md, speed_rows = speed_table(
                 jobs, args.speed_baseline if args.speed_baseline in labels else None)
