@@ -100,6 +100,24 @@ def test_saved_folder_loads_with_the_same_masks_and_its_card_carries_the_metrics
     assert 'BackgroundRemoval("me/my-lite")' in card.text and "s3od remove" in card.text
 
 
+def test_remover_methods_publish_the_loaded_model(tmp_path, lightning_ckpt) -> None:
+    """``BackgroundRemoval(...).save_pretrained`` / ``push_to_hub``: same files, same masks,
+    and the remover's own input size."""
+    from s3od import BackgroundRemoval
+
+    remover = BackgroundRemoval(lightning_ckpt, image_size=256, device="cpu")
+    folder = remover.save_pretrained(tmp_path / "repo")
+    again = BackgroundRemoval(folder, device="cpu")
+    assert again.image_size == 256
+    photo = sorted(SAMPLES.glob("*.jpg"))[0]
+    np.testing.assert_array_equal(again.remove_background(photo).all_masks,
+                                  remover.remove_background(photo).all_masks)
+    with recording_hub() as hub:
+        remover.push_to_hub("me/r", token="t", endpoint=hub.url)
+    _, files = _commit_files(hub.find("POST", "/commit/main$")[0].body)
+    assert sorted(files) == ["README.md", "config.json", "model.safetensors"]
+
+
 def test_card_usage_code_runs_against_the_saved_folder(tmp_path, lightning_ckpt) -> None:
     """The card's Python block, pointed at the folder instead of the repo id, works as written."""
     import re

@@ -96,6 +96,42 @@ class BackgroundRemoval(Remover):
         return cls(image_size=image_size, device=device, precision=precision,
                    channels_last=channels_last, compile=compile, _model=model)
 
+    # ------------------------------------------------------------------ publishing
+
+    def checkpoint(self) -> ResolvedCheckpoint:
+        """The weights as loaded (re-read from their file; the running copy may be folded or
+        cast for speed) with this remover's name and input size, for :mod:`s3od.publish`."""
+        if Path(self.source).is_file():
+            resolved = resolve(self.source)
+        else:  # an in-memory module: its own weights, architecture read from their shapes
+            from s3od.hub import infer_config
+
+            state = {k: v.detach().float().cpu() if v.is_floating_point() else v.cpu()
+                     for k, v in self.model.state_dict().items()}
+            architecture, config = infer_config(state)
+            resolved = ResolvedCheckpoint(state, architecture, config, self.source,
+                                          self.model_name)
+        resolved.name, resolved.image_size = self.model_name, self.image_size
+        return resolved
+
+    def save_pretrained(self, folder: str | os.PathLike, *,
+                        benchmark: str | os.PathLike | None = None, card: Any = None) -> Path:
+        """Write this model as a Hugging Face hub repository folder (weights, config.json,
+        README.md card; metrics from an ``s3od benchmark`` JSON). See :mod:`s3od.publish`."""
+        from s3od.publish import save_pretrained
+
+        return save_pretrained(self.checkpoint(), folder, benchmark=benchmark, card=card)
+
+    def push_to_hub(self, repo_id: str, *, private: bool | None = None,
+                    token: str | None = None, benchmark: str | os.PathLike | None = None,
+                    card: Any = None, endpoint: str | None = None) -> str:
+        """Upload this model to ``repo_id`` (created if needed) -> the commit URL; raises
+        :class:`s3od.publish.PublishError` without a token or network."""
+        from s3od.publish import push_to_hub
+
+        return push_to_hub(self.checkpoint(), repo_id, private=private, token=token,
+                           benchmark=benchmark, card=card, endpoint=endpoint)
+
     # ------------------------------------------------------------------ core
 
     @torch.inference_mode()
