@@ -312,7 +312,12 @@ def pseudo_label_(
                                          help="Only the first N photos (in sorted order)."),
         num_shards: int | None = NUM_SHARDS, shard_index: int | None = SHARD_INDEX) -> None:
     """Teacher pseudo-labels for photos without masks (distil a teacher into a student)."""
-    from synth_sod.data_generation.pseudo_label import TTA, load_teacher, pseudo_label
+    from synth_sod.data_generation.pseudo_label import (
+        TTA,
+        check_output_dir,
+        load_teacher,
+        pseudo_label,
+    )
 
     if tta not in ("none", "flip"):
         raise fail(f"--tta must be 'none' or 'flip', got {tta!r}")
@@ -322,10 +327,12 @@ def pseudo_label_(
         raise fail(f"--scales must be comma-separated numbers, got {scales!r}") from None
     _setup_logging()
     with _Step():
+        # cheap checks first: a bad flag must not wait for a teacher of hundreds of MB to load
+        augment = TTA(flip=tta == "flip", scales=scale_list)
+        check_output_dir(image_dir, output_dir)
         shard = _shard(num_shards, shard_index)
         model = load_teacher(teacher, size=teacher_size, device=device, threads=threads)
-        manifest = pseudo_label(image_dir, output_dir, model,
-                                tta=TTA(flip=tta == "flip", scales=scale_list), shard=shard,
+        manifest = pseudo_label(image_dir, output_dir, model, tta=augment, shard=shard,
                                 limit=limit)
     _report(manifest)
 
