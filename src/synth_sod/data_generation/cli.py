@@ -337,6 +337,27 @@ def pseudo_label_(
     _report(manifest)
 
 
+@app.command()
+def ensemble(
+        label_dir: list[Path] = typer.Option(..., "--label-dir", "--label_dir",
+                                             help="A teacher's pseudo-label folder (repeat, "
+                                                  "at least two)."),
+        output_dir: Path = typer.Option(..., "--output-dir", "--output_dir",
+                                        help="Writes the averaged labels in the same layout."),
+        weight: list[float] | None = typer.Option(None, "--weight",
+                                                  help="Weight of each --label-dir, in order "
+                                                       "(default: equal)."),
+        num_shards: int | None = NUM_SHARDS, shard_index: int | None = SHARD_INDEX) -> None:
+    """Average several teachers' pseudo-labels: soft where they disagree."""
+    from synth_sod.data_generation.ensemble import ensemble_labels
+
+    _setup_logging()
+    with _Step():
+        manifest = ensemble_labels(label_dir, output_dir, weights=weight or None,
+                                   shard=_shard(num_shards, shard_index))
+    _report(manifest)
+
+
 def main() -> None:
     """Console-script entry point (``s3od-data``)."""
     app()
