@@ -461,14 +461,27 @@ def sha256(path: Path) -> str:
 
 
 def rel(path: Path | str) -> str:
-    """``path`` relative to the repository (or to ``shared``'s parent) when under it."""
+    """``path`` as the docs may print it: relative to the repository (or to ``shared``'s
+    parent), ``~/...`` under the home folder, else relative to the repository; never an
+    absolute path of the machine that ran the benchmark."""
     p = Path(path).resolve()
     for root, prefix in ((REPO, ""), (SHARED.resolve().parent, "../")):
         try:
             return prefix + str(p.relative_to(root))
         except ValueError:
             continue
-    return str(path)
+    try:
+        return "~/" + str(p.relative_to(Path.home().resolve()))
+    except ValueError:
+        return os.path.relpath(p, REPO)
+
+
+def shown_command(args: list[str]) -> str:
+    """The command line for the report, absolute paths inside arguments made :func:`rel`."""
+    import re
+
+    return " ".join(["python benchmarks/quality.py",
+                     *(re.sub(r"(?<![\w.~])/[^\s=@,]+", lambda m: rel(m[0]), a) for a in args)])
 
 
 def table(rows: list[dict[str, Any]], marks: dict[str, str] | None = None) -> str:
@@ -898,7 +911,7 @@ def main(argv: list[str] | None = None) -> int:
     peer_names = [p for p in args.peers.split(",") if p]
     images = dev_split(args.shared, args.limit, davis=not args.no_davis)
     parts = parts_of(images)
-    command = " ".join(["python benchmarks/quality.py", *(sys.argv[1:] if argv is None else argv)])
+    command = shown_command(sys.argv[1:] if argv is None else argv)
     load_start, started = load_text(), time.perf_counter()
 
     peer_methods = _peer_predictors(peer_names, args.peer_cache)
