@@ -34,6 +34,8 @@ log = logging.getLogger(__name__)
 
 VIDEO_SUFFIXES = {".mp4", ".mov", ".webm", ".mkv", ".avi", ".m4v", ".mpg", ".mpeg", ".wmv"}
 OUTPUT_SUFFIXES = (".webm", ".mov", ".mp4")
+#: VP9 frames larger than this (4K UHD) are encoded without libvpx's lookahead buffer.
+VP9_LOOKAHEAD_MAX_PIXELS = 3840 * 2160
 
 
 def av_module() -> Any:
@@ -312,6 +314,10 @@ class VideoWriter:
             stream.options = dict(fmt.options)
             if fmt.codec == "libvpx-vp9" and self.alpha:
                 stream.options["auto-alt-ref"] = "0"      # libvpx cannot alt-ref with alpha
+            if fmt.codec == "libvpx-vp9" and self.width * self.height > VP9_LOOKAHEAD_MAX_PIXELS:
+                # libvpx buffers lag-in-frames (25) frames ahead: at 4096x4096 with alpha that
+                # is 3.6 GB of a 4.1 GB peak; without the lookahead, 2.4 GB
+                stream.options["lag-in-frames"] = "0"
             self._stream = stream
             self._audio = (_AudioPump(self.audio_from, self._container, fmt)
                            if self.audio_from is not None else None)
