@@ -226,3 +226,40 @@ def test_compositing_and_ambiguity_run_off_the_event_loop(tiny_remover, monkeypa
             assert client.post("/v1/remove", params=params, **jpeg).status_code == 200
         assert client.post("/v1/masks", **jpeg).status_code == 200
     assert not on_loop, sorted(set(on_loop))
+
+
+# --------------------------------------------------------------------------- odd requests (22)
+
+
+def test_head_healthz_answers_like_get(hostile_client):
+    get, head = hostile_client.get("/healthz"), hostile_client.head("/healthz")
+    assert get.status_code == head.status_code == 200
+    assert head.headers["content-type"] == get.headers["content-type"] == "application/json"
+    assert head.content == b""
+
+
+def test_trailing_slash_is_a_json_404_not_a_redirect(hostile_client):
+    for method in ("POST", "GET"):
+        r = hostile_client.request(method, "/v1/remove/", content=CAT.read_bytes(),
+                                   follow_redirects=False)
+        assert r.status_code == 404, (method, r.status_code, r.text[:200])
+        body = r.json()
+        assert body["error"] == "not_found" and "the route is /v1/remove" in body["message"]
+
+
+@pytest.mark.parametrize(("params", "match"), [
+    ({"bg_color": "#ffffff80"}, "alpha of 128"),
+    ({"bg_color": "0,0,0,128"}, "invalid colour"),
+    ({"bg_color": "white", "mask_only": "true"}, "cannot be combined"),
+])
+def test_options_that_would_be_ignored_are_refused(hostile_client, params, match):
+    r = hostile_client.post("/v1/remove", params=params, content=CAT.read_bytes(),
+                            headers={"Content-Type": "application/octet-stream"})
+    assert r.status_code == 422, r.text[:200]
+    assert r.json()["error"] == "invalid_option" and match in r.json()["message"]
+
+
+def test_opaque_colours_with_an_alpha_digit_pair_still_work():
+    assert compose.parse_color("#ffffffff") == (255, 255, 255)
+    with pytest.raises(ValueError, match="alpha of 0"):
+        compose.parse_color("#00000000")

@@ -25,6 +25,10 @@ def parse_color(value: str | Color) -> Color:
         rgb = ImageColor.getrgb(text)
     except ValueError:
         raise ValueError(f"invalid colour {value!r} (use a name, #rrggbb or r,g,b)") from None
+    if len(rgb) == 4 and rgb[3] != 255:
+        # backgrounds are opaque: dropping the alpha silently would composite another colour
+        raise ValueError(f"colour {value!r} has an alpha of {rgb[3]}; backgrounds are opaque "
+                         "(use #rrggbb or r,g,b)")
     return (rgb[0], rgb[1], rgb[2])
 
 

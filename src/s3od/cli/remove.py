@@ -288,11 +288,11 @@ def remove(
                           "camera up to 150 MP]; raise it for larger panoramas."),
     refine: str = typer.Option("none", "--refine",
                                help="Edges: none, guided (fast guided filter) or matting "
-                                    "(trimap matting, needs s3od\\[edges])."),
+                                    "(trimap matting, needs s3od[edges])."),
     fg_estimate: bool = typer.Option(
         None, "--fg-estimate/--no-fg-estimate",
         help="Estimate foreground colours at soft edges (no halo of the old background). "
-             "Default: on for transparent image outputs when s3od\\[edges] is installed."),
+             "Default: on for transparent image outputs when s3od[edges] is installed."),
     matting_budget: float = typer.Option(30.0, min=0.0,
                                          help="Seconds of matting per image (--refine matting)."),
     temporal_smoothing: float = typer.Option(
@@ -358,6 +358,9 @@ def plan_removal(inputs: list[str], output: Path | None, *, mask_only: bool,
     fmt = fmt.lower()
     if fmt not in ("png", "webp"):
         raise fail(f"--format must be png or webp, got {fmt!r}")
+    if mask_only and (bg_color is not None or bg_image is not None):
+        raise fail("--mask-only writes the mask, which has no background: drop --bg-color / "
+                   "--bg-image, or --mask-only")
     rendering = Rendering(mask_only, _background(bg_color, bg_image, max_pixels), crop)
     try:
         config = RefineConfig(mode=refine.lower(), time_budget_s=matting_budget)
@@ -368,7 +371,7 @@ def plan_removal(inputs: list[str], output: Path | None, *, mask_only: bool,
         fg_estimate = rendering.transparent and not videos and _has_pymatting()
     if (fg_estimate or config.mode == "matting") and not _has_pymatting():
         raise fail("--fg-estimate and --refine matting need pymatting: "
-                   "pip install 's3od\\[edges]'")
+                   "pip install 's3od[edges]'")
     plan = RemovePlan(
         [], rendering, config, fg_estimate, output=output, videos=bool(videos),
         image_format="WEBP" if fmt == "webp" else "PNG",
@@ -573,29 +576,29 @@ def _run_jobs(plan: RemovePlan, remover: Remover) -> Summary:
 @app.command()
 def models() -> None:
     """List the registered models and where each would load from."""
-    from rich.table import Table
+    from rich.console import Console
+    from rich.markup import escape
 
     from s3od.hub import _cached_hub_file
     from s3od.registry import DEFAULT_MODEL, FALLBACK_MODEL, list_models
 
-    table = Table(title="s3od models")
-    for col in ("name", "architecture", "input", "weights", "available", "description"):
-        table.add_column(col)
+    out = Console()  # one entry per model: reads at any terminal width, unlike a wide table
     for spec in list_models():
         if spec.bundled_file:
             path = spec.bundled_path()
-            status = "yes (bundled)" if path and path.is_file() else "missing"
+            status = "available (bundled)" if path and path.is_file() else "missing"
         else:
             cached = spec.hub_repo and _cached_hub_file(spec.hub_repo, spec.hub_filenames)
-            status = "yes (cached)" if cached else "download"
+            status = "available (cached)" if cached else "downloaded on first use"
         tag = " (default)" if spec.name == DEFAULT_MODEL else (
             " (offline default)" if spec.name == FALLBACK_MODEL else "")
-        table.add_row(spec.name + tag, spec.architecture, str(spec.image_size), spec.source,
-                      status, spec.description)
-    from rich.console import Console
-
-    Console().print(table)
-    _rembg_models(Console())
+        out.print(f"[bold]{spec.name}[/]{tag}: {spec.architecture}, {spec.image_size} px, "
+                  f"{status}")
+        out.print(f"  {escape(spec.description)}", highlight=False)
+        out.print(f"  {escape(spec.source)}", highlight=False)
+    out.print("Also: any checkpoint file or folder, any hub id (owner/name, e.g. one made with "
+              "`s3od publish`), an .onnx file.", highlight=False)
+    _rembg_models(out)
 
 
 def _rembg_models(out: Any) -> None:

@@ -188,6 +188,9 @@ def create_app(settings: ServerSettings | None = None,
         summary="Background removal and salient-object masks over HTTP.",
         version=_version(),
         lifespan=lifespan,
+        # "/v1/remove/" gets a JSON 404 naming the route, not a 307 with a non-JSON body that
+        # many clients would follow with a GET or without the upload
+        redirect_slashes=False,
     )
     app.state.settings = settings
     app.state.remover = remover
@@ -213,9 +216,15 @@ def create_app(settings: ServerSettings | None = None,
         return _error_response(422, "invalid_option", _validation_message(err))
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, err: StarletteHTTPException) -> JSONResponse:
+    async def _http(request: Request, err: StarletteHTTPException) -> JSONResponse:
         code = {404: "not_found", 405: "method_not_allowed"}.get(err.status_code, "http_error")
-        return _error_response(err.status_code, code, str(err.detail), err.headers)
+        message = str(err.detail)
+        path = request.url.path
+        if err.status_code == 404 and len(path) > 1 and path.endswith("/"):
+            known = {getattr(r, "path", None) for r in app.routes}
+            if path.rstrip("/") in known:
+                message = f"no route {path}; the route is {path.rstrip('/')} (no trailing slash)"
+        return _error_response(err.status_code, code, message, err.headers)
 
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, err: Exception) -> JSONResponse:
@@ -273,7 +282,7 @@ def create_app(settings: ServerSettings | None = None,
         # compositing a full-size cut-out is pixel work: never on the event loop
         return await off_loop(remover.result, rgb, masks, ious, threshold)
 
-    @app.get("/healthz", tags=["service"])
+    @app.api_route("/healthz", methods=["GET", "HEAD"], tags=["service"])
     async def healthz() -> dict[str, Any]:
         """Liveness plus what is loaded and how batching has gone (no auth)."""
         stats = batcher.stats
@@ -323,6 +332,9 @@ def create_app(settings: ServerSettings | None = None,
         Options mirror ``s3od remove``; the response headers carry the best candidate's IoU.
         """
         color = None
+        if bg_color is not None and mask_only:
+            raise ApiError(422, "invalid_option", "bg_color and mask_only cannot be combined: "
+                           "a mask has no background to colour")
         if bg_color is not None:
             try:
                 color = compose.parse_color(bg_color)
