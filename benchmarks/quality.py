@@ -832,6 +832,7 @@ class LoadedModel:
     label: str
     remover: Any
     sha256: str | None
+    path: Path | None = None
 
 
 def _load_models(specs: list[str], sizes: list[int | None]) -> tuple[list[LoadedModel],
@@ -858,7 +859,8 @@ def _load_models(specs: list[str], sizes: list[int | None]) -> tuple[list[Loaded
             taken = {m.label for m in models}
             if f"{label} @{remover.image_size}" in taken:  # e.g. a copy of the bundled file
                 label = f"{label} ({rel(path) if path.is_file() else spec})"
-            models.append(LoadedModel(f"{label} @{remover.image_size}", remover, digest))
+            models.append(LoadedModel(f"{label} @{remover.image_size}", remover, digest,
+                                      path if path.is_file() else None))
         seen = DAVIS_SEEN.get((digest or "")[:16])
         source = rel(remover.source) if Path(str(remover.source)).exists() else remover.source
         notes.append(f"- model `{label}`: {source}"
@@ -944,7 +946,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{label} / s3od-fixture ...", file=sys.stderr, flush=True)
             fixture_rows += benchmark_model(method, fixture, name=label,
                                             batch_size=args.batch_size)
-    speed_md, speed_rows = "", {}
+    speed_md, speed_rows, speed_headline = "", {}, DEFAULTS_LABEL
     if args.speed_images:
         photos = [str(im.image.resolve()) for im in bsds[:args.speed_images]]
         with tempfile.TemporaryDirectory(prefix="s3od-quality-") as tmp:
@@ -953,6 +955,8 @@ def main(argv: list[str] | None = None) -> int:
                               args.peer_cache, photos, Path(tmp),
                               torch_row=not (headline == "bundled" and sizes[0] is None))
             labels = [j[0] for j in jobs]
+            # The headline at its default settings: its PyTorch row, or the defaults row.
+            speed_headline = next((j[0] for j in jobs[1:] if "PyTorch" in j[0]), labels[0])
             speed_md, speed_rows = speed_table(
                 jobs, args.speed_baseline if args.speed_baseline in labels else None)
     elapsed = time.perf_counter() - started
@@ -962,7 +966,9 @@ def main(argv: list[str] | None = None) -> int:
                   peer_notes=[describe(p, args.peer_cache) for p in peer_names],
                   davis_seen=davis_seen, ranking=ranking, regressions=regressions,
                   verdicts=verdicts, fixture_rows=fixture_rows, speed_md=speed_md,
-                  speed_rows=speed_rows, elapsed=elapsed, load_start=load_start)
+                  speed_rows=speed_rows, speed_headline=speed_headline,
+                  weights=models[0].path, elapsed=elapsed,
+                  load_start=load_start)
     print(text)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text)
@@ -989,7 +995,9 @@ def render(*, args: argparse.Namespace, command: str, images: list[DevImage], pa
            peer_notes: list[str], davis_seen: dict[str, str],
            ranking: dict[str, dict[str, Any]], regressions: dict[str, float],
            verdicts: dict[str, Any], fixture_rows: list[dict[str, Any]], speed_md: str,
-           speed_rows: dict[str, Any], elapsed: float, load_start: str) -> str:
+           speed_rows: dict[str, Any], speed_headline: str, weights: Path | None,
+           elapsed: float,
+           load_start: str) -> str:
     """The markdown report."""
     counts = {p: sum(im.part == p for im in images) for p in parts[:-1]}
     counts[TOTAL] = len(images)
@@ -1027,13 +1035,14 @@ def render(*, args: argparse.Namespace, command: str, images: list[DevImage], pa
                   targets_table(runs, ours, peers, [p for p in parts],
                                 ranking.get(ours, {})), ""]
         base = speed_rows.get(args.speed_baseline, {}).get("median_s")
-        mine = speed_rows.get(DEFAULTS_LABEL, {}).get("median_s")
+        mine = speed_rows.get(speed_headline, {}).get("median_s")
         if base and mine:
             ratio = base / mine
-            lines += [f"Speed: s3od-lite at its defaults is {ratio:.2f}x faster than "
+            lines += [f"Speed: {speed_headline} is {ratio:.2f}x faster than "
                       f"{args.speed_baseline} end to end per photo (target ≥ {TARGET_SPEEDUP}x: "
-                      f"{'✓' if ratio >= TARGET_SPEEDUP else '✗'}); weights "
-                      f"{BUNDLED.stat().st_size / 1e6:.1f} MB (target ≤ 25 MB).", ""]
+                      f"{'✓' if ratio >= TARGET_SPEEDUP else '✗'})"
+                      + (f"; weights {weights.stat().st_size / 1e6:.1f} MB (target ≤ 25 MB)"
+                         if weights else "") + ".", ""]
     for part in parts:
         title = {"bsds": f"sod-bsds300, {counts['bsds']} held-out images",
                  "davis": f"DAVIS-2016 dev, {counts.get('davis', 0)} frames of 4 held-out "
