@@ -506,3 +506,92 @@ if __name__ == "__main__":
         sys.exit("usage: python tests/hostile_corpus.py OUTPUT_FOLDER")
     written = write_corpus(Path(sys.argv[1]))
     print(f"wrote {len(written)} files to {sys.argv[1]}")
+
+
+# --------------------------------------------------------------------------- videos (issue 22)
+
+#: What a hostile video must give: frames written (OK), a typed refusal (INVALID, TOO_LARGE),
+#: or either of those (TYPED: a damaged stream FFmpeg may partly decode).
+VIDEO_MAX_PIXELS = 10_000_000
+
+
+@dataclass(frozen=True)
+class VideoCase:
+    """One video file of the corpus and the outcome it must have."""
+
+    name: str
+    path: Path
+    expect: str
+
+
+def video_bytes(width: int, height: int, frames: int = 2, codec: str = "mjpeg",
+                container: str = "matroska") -> bytes:
+    """A small clip of flat grey frames, encoded in memory with PyAV."""
+    import av
+
+    pix_fmt = "yuvj420p" if codec == "mjpeg" else "yuv420p"
+    buffer = io.BytesIO()
+    with av.open(buffer, "w", format=container) as out:
+        stream = out.add_stream(codec, rate=4)
+        stream.width, stream.height, stream.pix_fmt = width, height, pix_fmt
+        for i in range(frames):
+            frame = av.VideoFrame.from_ndarray(
+                np.full((height, width, 3), 50 + 60 * i, np.uint8), format="rgb24"
+            ).reformat(format=pix_fmt)
+            frame.pts = i
+            out.mux(stream.encode(frame))
+        out.mux(stream.encode(None))
+    return buffer.getvalue()
+
+
+def audio_only_bytes() -> bytes:
+    """A Matroska file with one short audio stream and no video."""
+    import av
+
+    buffer = io.BytesIO()
+    with av.open(buffer, "w", format="matroska") as out:
+        stream = out.add_stream("pcm_s16le", rate=8000)
+        frame = av.AudioFrame.from_ndarray(np.zeros((1, 800), np.int16), format="s16",
+                                           layout="mono")
+        frame.sample_rate = 8000
+        out.mux(stream.encode(frame))
+        out.mux(stream.encode(None))
+    return buffer.getvalue()
+
+
+def video_corpus(folder: Path) -> list[VideoCase]:
+    """Hostile and ordinary videos written to ``folder``: a frame over
+    :data:`VIDEO_MAX_PIXELS` in a small file, empty, text, truncated and audio-only files."""
+    folder.mkdir(parents=True, exist_ok=True)
+    mkv = video_bytes(64, 48, frames=3)
+    mp4 = video_bytes(64, 48, frames=3, codec="libx264", container="mp4")
+    files = {
+        "ok.mkv": (mkv, OK),
+        "ok.mp4": (mp4, OK),
+        "huge_frame.mkv": (video_bytes(4096, 4096, frames=1), TOO_LARGE),
+        "empty.mp4": (b"", INVALID),
+        "text.mp4": (b"this is not a video\n" * 10, INVALID),
+        "png_named.mp4": (encode(photo(), "PNG"), TYPED),
+        "mp4_cut_before_index.mp4": (mp4[: len(mp4) // 2], INVALID),
+        "mkv_cut_midway.mkv": (mkv[: len(mkv) * 2 // 3], TYPED),
+        "header_only.mkv": (mkv[:200], TYPED),
+        "audio_only.mkv": (audio_only_bytes(), INVALID),
+    }
+    cases = []
+    for name, (data, expect) in files.items():
+        (folder / name).write_bytes(data)
+        cases.append(VideoCase(name, folder / name, expect))
+    return cases
+
+
+def video_fuzz(folder: Path, count: int, seed: int = 22) -> list[Path]:
+    """``count`` seeded mutations of a small valid clip (bit flips, cuts, repeated runs)."""
+    rng = random.Random(seed)
+    base = video_bytes(64, 48, frames=3)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(count):
+        path = folder / f"fuzz{i:03d}.mkv"
+        path.write_bytes(_mutate(base, rng))
+        paths.append(path)
+    return paths

@@ -157,3 +157,60 @@ def test_edge_refinement_survives_degenerate_shapes(shape):
     rgba = np.full((*shape, 4), 128, np.uint8)
     changed = defringe(rgba)  # pymatting alone divides by zero on a 1x1 image
     assert changed == (0 if shape == (1, 1) else rgba.shape[0] * rgba.shape[1])
+
+
+# --------------------------------------------------------------------------- videos (issue 22)
+
+
+def _run_video(path, out):
+    """One video through the pipeline: ``None`` when frames were written, else the error."""
+    from s3od.video import remove_video_background
+    from tests.luma_model import luma_remover
+
+    from .hostile_corpus import VIDEO_MAX_PIXELS
+
+    try:
+        remove_video_background(luma_remover(), path, out, mask_only=True, audio=False,
+                                max_pixels=VIDEO_MAX_PIXELS)
+    except Exception as err:  # classified by the caller: only typed errors may come out
+        return err
+    return None
+
+
+def test_video_corpus_is_processed_or_refused_with_a_typed_error(tmp_path):
+    pytest.importorskip("av", reason="the edges extra (PyAV) is not installed")
+    from s3od.errors import InvalidVideoError, VideoTooLargeError
+
+    from .hostile_corpus import INVALID, OK, TOO_LARGE, TYPED, video_corpus
+
+    allowed = {INVALID: InvalidVideoError, TOO_LARGE: VideoTooLargeError}
+    wrong = []
+    for case in video_corpus(tmp_path / "in"):
+        out = tmp_path / "out" / f"{case.path.stem}.mp4"
+        err = _run_video(case.path, out)
+        written = err is None and out.is_file()
+        if case.expect == OK:
+            ok = written
+        elif case.expect == TYPED:  # a damaged stream FFmpeg may partly decode
+            ok = written or isinstance(err, InvalidVideoError)
+        else:
+            ok = isinstance(err, allowed[case.expect])
+        if not ok:
+            wrong.append((case.name, case.expect, repr(err)[:160]))
+    assert wrong == []
+    assert not list((tmp_path / "out").glob(".*.part"))
+
+
+def test_seeded_video_fuzz_gives_outputs_or_typed_errors_only(tmp_path):
+    pytest.importorskip("av", reason="the edges extra (PyAV) is not installed")
+    from s3od.errors import InvalidVideoError
+
+    from .hostile_corpus import video_fuzz
+
+    outcomes: collections.Counter[str] = collections.Counter()
+    for path in video_fuzz(tmp_path / "in", 40):
+        err = _run_video(path, tmp_path / "out" / f"{path.stem}.mp4")
+        assert err is None or isinstance(err, InvalidVideoError), (path.name, repr(err))
+        outcomes["written" if err is None else "refused"] += 1
+    assert outcomes["refused"] > 0 and outcomes["written"] > 0, outcomes
+    assert not list((tmp_path / "out").glob(".*.part"))
