@@ -67,8 +67,9 @@ SPLIT_FILE = SPLITS / "lite_eval_bsds300.txt"
 DAVIS_DEV = ((SPLITS / "dev_davis2016_data.txt", Path("data") / "davis2016"),
              (SPLITS / "dev_davis2016_train.txt", Path("train") / "davis2016"))
 BUNDLED = REPO / "src" / "s3od" / "weights" / "s3od-lite.safetensors"
-#: sha256 prefixes of weights trained on the DAVIS-dev sequences: s3od-lite v5 (its
-#: ``dataset=lite_real`` pool holds every DAVIS frame). Their DAVIS rows get a mark.
+#: sha256 prefixes of weights trained on the DAVIS-dev sequences: s3od-lite v3 and v5 (their
+#: ``dataset=lite_distill`` pool holds every DAVIS-2016 frame; ``lite_v6`` leaves the 4 dev
+#: sequences out). Their DAVIS and total rows get a mark.
 DAVIS_SEEN = {"d3894cf9730dd73d": "s3od-lite v5", "9b62afecb1e88dff": "s3od-lite v5 (first file)",
               "10b4fd85be06eb3f": "s3od-lite v3"}
 PARTS = {"bsds": "sod-bsds300 (held-out ids)", "davis": "DAVIS-2016 dev (held-out sequences)"}
@@ -1002,9 +1003,10 @@ def render(*, args: argparse.Namespace, command: str, images: list[DevImage], pa
     counts = {p: sum(im.part == p for im in images) for p in parts[:-1]}
     counts[TOTAL] = len(images)
     names = {"bsds": "sod-bsds300", "davis": "DAVIS-dev", TOTAL: "total"}
-    seen_note = ("† trained on frames of the DAVIS-dev sequences (the v5 training pool, "
-                 "`dataset=lite_real`, holds every DAVIS-2016 frame): its DAVIS-dev and total "
-                 "numbers are a training fit, not held out.")
+    seen_note = ("† trained on frames of the DAVIS-dev sequences (the v3/v5 training pool, "
+                 "`dataset=lite_distill`, holds every DAVIS-2016 frame; `lite_v6` leaves these "
+                 "4 sequences out): its DAVIS-dev and total numbers are a training fit, not "
+                 "held out.")
     lines = [
         "# s3od-lite quality vs. the offline peers (rembg's U²-Net family, IMG.LY's ISNet)",
         "",
