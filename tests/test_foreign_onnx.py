@@ -241,3 +241,23 @@ def test_pseudo_label_teacher_shares_the_preprocessing(tmp_path, photo, monkeypa
     ours = load_remover(path).remove_background(photo).predicted_mask
     diff = np.abs(teacher - ours)
     assert diff.max() <= 3.5 / 255 and diff.mean() < 1 / 255
+
+
+def test_video_through_a_foreign_model(tmp_path) -> None:
+    """Every frame's alpha is that frame's mask from the foreign model (up to VP9 coding)."""
+    pytest.importorskip("av", reason="the edges extra (PyAV) is not installed")
+    from s3od import load_remover
+    from s3od.video import iter_frames, remove_video_background
+
+    from .test_video import _decode_rgba, _pan, _write_clip
+
+    clip = tmp_path / "pan.mp4"
+    _write_clip(clip, _pan("coffee", 12), audio_seconds=None)
+    remover = load_remover(foreign_graph(tmp_path / "u2net.onnx", 320, 7))
+    report = remove_video_background(remover, clip, tmp_path / "out.webm", batch_size=4)
+    assert report.frames == 12
+    frame = list(iter_frames(clip))[5]
+    expected = remover.remove_background(frame, full_size_candidates=False).predicted_mask
+    alpha = _decode_rgba(tmp_path / "out.webm")[5][..., 3].astype(np.float32) / 255
+    assert alpha.shape == expected.shape and np.abs(alpha - expected).mean() < 0.03
+    assert alpha.std() > 0.01  # a real mask, not a constant plane
