@@ -183,15 +183,16 @@ class RefinedMaskHead(nn.Module):
             for _ in range(num_masks)
         )
         self.image = nn.Conv2d(3, image_features, 3, padding=1)
+        last = nn.Conv2d(refine_features, num_masks, 3, padding=1)
+        nn.init.zeros_(last.weight)
+        nn.init.zeros_(last.bias)
         self.refine = nn.Sequential(
             nn.Conv2d(num_masks + image_features, refine_features, 3, padding=1),
             nn.ReLU(inplace=True),
             nn.Conv2d(refine_features, refine_features, 3, padding=2, dilation=2),
             nn.ReLU(inplace=True),
-            nn.Conv2d(refine_features, num_masks, 3, padding=1),
+            last,
         )
-        nn.init.zeros_(self.refine[-1].weight)
-        nn.init.zeros_(self.refine[-1].bias)
 
     def coarse(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
         """Stride-2 candidate logits from stride-4 decoder and stride-2 encoder features."""
