@@ -185,7 +185,8 @@ class RefinedMaskHead(nn.Module):
         self.image = nn.Conv2d(3, image_features, 3, padding=1)
         last = nn.Conv2d(refine_features, num_masks, 3, padding=1)
         nn.init.zeros_(last.weight)
-        nn.init.zeros_(last.bias)
+        if last.bias is not None:
+            nn.init.zeros_(last.bias)
         self.refine = nn.Sequential(
             nn.Conv2d(num_masks + image_features, refine_features, 3, padding=1),
             nn.ReLU(inplace=True),
