@@ -218,6 +218,10 @@ def test_cli_remove_with_preprocess_and_models_lists_the_rembg_folder(tmp_path, 
                                        "-m", str(home / "custom.onnx")])
     assert refused.exit_code == 2 and "--preprocess" in refused.output
     assert "Traceback" not in refused.output
+    on_ray = CliRunner().invoke(app, ["remove", str(src), "-o", str(tmp_path / "r"), "--ray",
+                                      "local", "-m", str(home / "custom.onnx"),
+                                      "--preprocess", "u2net"])
+    assert on_ray.exit_code == 2 and "does not apply with --ray" in on_ray.output
 
 
 def test_pseudo_label_teacher_shares_the_preprocessing(tmp_path, photo, monkeypatch) -> None:

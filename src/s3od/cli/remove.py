@@ -312,6 +312,9 @@ def remove(
     with alpha) or, with --bg-color/--bg-image/--mask-only, .mp4 (H.264), chosen by -o's suffix.
     """
     if ray is not None:
+        if preprocess:  # the actors read the family from the graph; no way to pass it yet
+            raise fail("--preprocess does not apply with --ray: the actors identify a foreign "
+                       ".onnx model from its graph")
         from s3od.cli.bulk import remove_on_ray
 
         return remove_on_ray(
