@@ -95,8 +95,8 @@ def worker(job: dict[str, Any]) -> dict[str, Any]:
         def run(path: str) -> Any:
             return teacher.predict(load_image(path))
     else:
-        if job.get("ort_spin") is False:
-            _no_ort_spinning()
+        if "ort_spin" in job:
+            _ort_spinning(bool(job["ort_spin"]))
         from s3od.loading import load_remover
 
         remover = load_remover(job["model"], precision=job.get("precision", "fp32"),
@@ -132,18 +132,25 @@ def _threads_of(remover: Any) -> Any:
     return "?"
 
 
-def _no_ort_spinning() -> None:
-    """Every ONNX Runtime session of this process without spin-waiting intra-op threads."""
+def _ort_spinning(spin: bool) -> None:
+    """Every ONNX Runtime session of this process with (or without) spin-waiting threads,
+    whatever s3od's own default is."""
     import onnxruntime as ort
+
+    from s3od.threads import ORT_SPIN_KEY
 
     base = ort.SessionOptions
 
-    def options() -> Any:
-        opts = base()
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        return opts
+    class Options(base):  # type: ignore[misc,valid-type]
+        def __init__(self) -> None:
+            super().__init__()
+            self.add_session_config_entry(ORT_SPIN_KEY, "1" if spin else "0")
 
-    ort.SessionOptions = options
+        def add_session_config_entry(self, key: str, value: str) -> None:
+            if key != ORT_SPIN_KEY or value == ("1" if spin else "0"):
+                super().add_session_config_entry(key, value)
+
+    ort.SessionOptions = Options
 
 
 # ----------------------------------------------------------------------------- conditions
@@ -343,9 +350,10 @@ def lite_rows(onnx_path: Path, images: list[str], quick: bool) -> list[Row]:
             {**torch_job, "precision": "auto", "threads": 2}, SPIN_ENV),
         Row("s3od-lite torch auto, 1 thread", {**torch_job, "precision": "auto", "threads": 1},
             PASSIVE_ENV),
-        Row("s3od-lite ONNX Runtime, policy threads", onnx_job),
-        Row("s3od-lite ONNX Runtime, policy threads, no spinning",
-            {**onnx_job, "ort_spin": False}),
+        Row("s3od-lite ONNX Runtime, policy threads, no spinning (s3od's session default)",
+            onnx_job),
+        Row("s3od-lite ONNX Runtime, policy threads, spinning (ONNX Runtime's default)",
+            {**onnx_job, "ort_spin": True}),
         Row("s3od-lite ONNX Runtime, 1 thread", {**onnx_job, "threads": 1}),
     ]
     if not quick:

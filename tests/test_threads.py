@@ -162,6 +162,15 @@ def test_ray_actor_threads_times_actors_never_exceed_the_cpus(cpus_per_actor, nu
     assert min(actors_per_node, num_actors) * choice.threads <= max(budget.cpus, num_actors)
 
 
+def test_ort_session_options():
+    ort = pytest.importorskip("onnxruntime")
+    options = policy.ort_session_options(ort, 3)
+    assert options.intra_op_num_threads == 3
+    assert options.get_session_config_entry(policy.ORT_SPIN_KEY) == "0"
+    assert policy.ort_session_options(ort, None, spin=True).get_session_config_entry(
+        policy.ORT_SPIN_KEY) == "1"
+
+
 def test_quiet_openmp_only_before_torch_and_never_over_the_user():
     env: dict[str, str] = {}
     assert quiet_openmp(env, modules={}) == policy.QUIET_OPENMP_ENV
@@ -229,6 +238,8 @@ def test_load_remover_applies_the_policy_on_onnx_runtime(tmp_path, monkeypatch):
 
     def session(model, sess_options=None, **kwargs):
         seen.append(sess_options.intra_op_num_threads)
+        # idle intra-op threads sleep instead of spinning (measured in docs/speed.md)
+        assert sess_options.get_session_config_entry(policy.ORT_SPIN_KEY) == "0"
         raise RuntimeError("stop here")
 
     monkeypatch.setattr(ort, "InferenceSession", session)

@@ -30,6 +30,7 @@ from PIL import Image
 
 from s3od.errors import CheckpointError, ModelNotFoundError
 from s3od.remover import Remover
+from s3od.threads import ort_session_options
 
 if TYPE_CHECKING:
     import onnxruntime
@@ -190,9 +191,7 @@ def open_session(model: str | os.PathLike | bytes | bytearray, device: str | Non
         if not path.is_file():
             raise ModelNotFoundError(f"ONNX model not found: {path}")
         source, payload = str(path), str(path)
-    options = ort.SessionOptions()
-    if threads is not None:
-        options.intra_op_num_threads = int(threads)
+    options = ort_session_options(ort, threads)
     try:
         session = ort.InferenceSession(payload, sess_options=options,
                                        providers=providers_for(device))

@@ -21,6 +21,7 @@ import sys
 from collections.abc import Callable, Mapping, MutableMapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 PROC_SELF_CGROUP = Path("/proc/self/cgroup")
 CGROUP_ROOT = Path("/sys/fs/cgroup")
@@ -35,6 +36,8 @@ QUIET_OPENMP_ENV = {"OMP_WAIT_POLICY": "PASSIVE", "KMP_BLOCKTIME": "0"}
 #: Any of these set by the user means they chose how OpenMP waits: :func:`quiet_openmp` then
 #: sets nothing (``GOMP_SPINCOUNT`` overrides ``OMP_WAIT_POLICY`` in GNU OpenMP).
 USER_OPENMP_VARS = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME")
+#: The ONNX Runtime session entry that lets idle intra-op threads spin ("1") or not ("0").
+ORT_SPIN_KEY = "session.intra_op.allow_spinning"
 
 
 @dataclass(frozen=True)
@@ -220,6 +223,22 @@ def actor_threads(cpus_per_actor: float, num_actors: int,
         return ThreadChoice(threads, f"{cpus_per_actor:g} CPUs reserved per Ray actor, "
                                      f"{budget.describe()}")
     return choose_threads(None, workers=max(1, num_actors), budget=budget)
+
+
+def ort_session_options(ort: Any, threads: int | None = None, *, spin: bool = False) -> Any:
+    """ONNX Runtime session options for one forward pass's ``threads``, without spin-waits.
+
+    ONNX Runtime's intra-op threads spin between operations by default. Measured on the
+    project's 2-core VM with s3od-lite (issue 24, docs/speed.md): turning that off cost
+    nothing idle (40 vs 38 ms per photo) and made a photo 81 -> 60 ms with one core busy, and
+    103 -> 44 ms (median) under unrelated load. The setting is per session, so the library
+    may choose it without touching the rest of a program.
+    """
+    options = ort.SessionOptions()
+    if threads is not None:
+        options.intra_op_num_threads = int(threads)
+    options.add_session_config_entry(ORT_SPIN_KEY, "1" if spin else "0")
+    return options
 
 
 def quiet_openmp(environ: MutableMapping[str, str] | None = None,

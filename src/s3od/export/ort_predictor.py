@@ -19,6 +19,7 @@ import numpy as np
 
 from s3od.errors import CheckpointError, ModelNotFoundError
 from s3od.remover import Remover
+from s3od.threads import ort_session_options
 from s3od.transforms import (
     crop_padding,
     preprocess_arrays,
@@ -99,9 +100,7 @@ class OnnxBackgroundRemoval(Remover):
             if not path.is_file():
                 raise ModelNotFoundError(f"ONNX model not found: {path}")
             source, payload = str(path), str(path)
-        options = ort.SessionOptions()
-        if threads is not None:
-            options.intra_op_num_threads = int(threads)
+        options = ort_session_options(ort, threads)
         try:  # ``session``: already opened by s3od.foreign.open_onnx to look at the graph
             self.session: onnxruntime.InferenceSession = session or ort.InferenceSession(
                 payload, sess_options=options, providers=providers_for(device))
