@@ -221,6 +221,7 @@ def test_policy_never_raises_a_smaller_torch_pool(tiny_lite_checkpoint, monkeypa
         torch.set_num_threads(1)  # the program's own choice (or OMP_NUM_THREADS=1)
         remover = s3od.load_remover(tiny_lite_checkpoint, image_size=64, device="cpu")
         assert torch.get_num_threads() == 1 and remover.threads.threads == 1
+        assert "set before loading" in remover.threads.reason
     finally:
         torch.set_num_threads(before)
 

@@ -127,8 +127,9 @@ def _set_torch_threads(choice: ThreadChoice, *, explicit: bool) -> ThreadChoice:
         torch.set_num_threads(choice.threads)
         return choice
     current = torch.get_num_threads()
-    if current <= choice.threads:
-        return ThreadChoice(current, f"torch's own count; budget {choice.reason}")
+    if current < choice.threads:
+        return ThreadChoice(current, f"set before loading, below the budget of "
+                                     f"{choice.reason}")
     torch.set_num_threads(choice.threads)
     return choice
 
