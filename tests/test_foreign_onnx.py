@@ -143,6 +143,11 @@ def test_our_own_export_shape_still_runs_as_an_s3od_model(tmp_path) -> None:
     onnx.save(model, str(tmp_path / "ours.onnx"))
     remover = load_remover(tmp_path / "ours.onnx")
     assert isinstance(remover, OnnxBackgroundRemoval) and remover.image_size == 64
+    # Bytes (what Ray actors receive) take the same two paths.
+    from_bytes = load_remover((tmp_path / "ours.onnx").read_bytes())
+    assert isinstance(from_bytes, OnnxBackgroundRemoval)
+    foreign = load_remover(foreign_graph(tmp_path / "x.onnx", 320, 7).read_bytes())
+    assert (type(foreign).__name__, foreign.family) == ("ForeignOnnxRemoval", "u2net")
     result = remover.remove_background(np.zeros((40, 50, 3), np.uint8))
     assert result.all_masks.shape == (3, 40, 50) and result.scored
 
