@@ -1,5 +1,6 @@
-"""Speed when the CPUs are not all ours: idle, one core busy, a 1-CPU cgroup quota, and
-concurrent requests to ``s3od serve`` (issue 24).
+"""Speed when the CPUs are not all ours: idle, one busy core, 1-CPU quota, concurrent serving.
+
+Issue 24: idle, one core busy, a 1-CPU cgroup quota, and concurrent requests to ``s3od serve``.
 
 Every row runs in a fresh process, so its OpenMP runtime reads the environment the row gives
 it (the wait policy is fixed when torch loads). Conditions:
