@@ -183,12 +183,12 @@ def test_downstream_edges_benchmark_and_server_payloads(tmp_path, photo) -> None
     (data / "masks").mkdir()
     for i, sample in enumerate(sorted(SAMPLES.glob("*.jpg"))[:2]):
         Image.open(sample).save(data / "images" / f"p{i}.jpg")
-        mask = (load_remover(path).remove_background(sample).predicted_mask > 0.5)
+        mask = remover.remove_background(sample).predicted_mask > 0.5
         Image.fromarray(mask.astype(np.uint8) * 255).save(data / "masks" / f"p{i}.png")
     rows = benchmark_model(str(path), data, batch_size=2, save_pred=tmp_path / "pred")
     assert rows[0]["count"] == 2 and np.isfinite(rows[0]["metrics"]["MAE"])
     saved = np.asarray(Image.open(tmp_path / "pred" / "set" / "p0.png"), np.float32) / 255
-    first = load_remover(path).remove_background(data / "images" / "p0.jpg").predicted_mask
+    first = remover.remove_background(data / "images" / "p0.jpg").predicted_mask
     assert np.abs(saved - first).max() <= 1 / 255  # the benchmark scored the remover's masks
 
 
