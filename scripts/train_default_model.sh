@@ -92,16 +92,24 @@ stage() {  # stage NAME START_WEIGHTS [hydra overrides...]
 STAGES=${STAGES:-a}
 
 # 5. Stage a: EfficientNet-Lite2 from its ImageNet weights, decoder and heads from scratch, at
-#    384 px (v6 network: full-resolution refined masks, candidates by role, boundary-weighted
+#    320 px (v6 network: full-resolution refined masks, candidates by role, boundary-weighted
 #    loss; model=lite_v6 loss=boundary_roles).
 if [[ " $STAGES " == *" a "* ]]; then
-  stage lite_v6_a "" backend.max_epochs="${EPOCHS_A:-10}" scheduler.constant_epochs=2 \
-    optimizer.lr=2e-4
+  stage lite_v6_a "" backend.max_epochs="${EPOCHS_A:-14}" scheduler.constant_epochs=2 \
+    optimizer.lr=2e-4 dataset.image_size=320
 fi
 
-# 6. Export the last checkpoint as fp16 weights (OUT=... to write elsewhere first); the file
+# 6. Stage b: the same at 384 px, the size v6 runs at, from stage a's weights (or, in a later
+#    session, from the interim weights interim/ holds: START_B=interim/s3od-lite-v6.safetensors).
+if [[ " $STAGES " == *" b "* ]]; then
+  stage lite_v6_b "${START_B:-$WORK/checkpoints/lite_v6_a/last.ckpt}" \
+    backend.max_epochs="${EPOCHS_B:-6}" scheduler.constant_epochs=1 optimizer.lr=5e-5 \
+    dataset.image_size=384
+fi
+
+# 7. Export the last checkpoint as fp16 weights (OUT=... to write elsewhere first); the file
 #    records the stage's input size (384), the size it runs at when loaded by path.
-LAST=${LAST:-lite_v6_a}
+LAST=${LAST:-lite_v6_b}
 python -m synth_sod.model_training.export "$WORK/checkpoints/$LAST/last.ckpt" \
   "$OUT" --dtype fp16 --name s3od-lite
 sha256sum "$OUT"

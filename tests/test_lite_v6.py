@@ -262,3 +262,13 @@ def test_v6_network_exports_to_onnx_and_matches_pytorch(tmp_path) -> None:
     report = export_onnx(_v6(), tmp_path / "v6.onnx", image_size=64)
     assert report.path.is_file()
     assert max(report.max_abs_diff["network_masks"], report.max_abs_diff["masks"]) < 1e-3
+
+
+def test_boundary_weights_equal_the_square_window_mean() -> None:
+    """The separable box mean gives the same weights as the k x k window it replaces."""
+    torch.manual_seed(1)
+    y = (torch.rand(3, 37, 53) > 0.6).float()
+    k, pad = 9, 4
+    square = F.avg_pool2d(F.pad(y.unsqueeze(1), (pad,) * 4, mode="replicate"), k, stride=1)
+    expected = (1.0 + 5.0 * (square - y.unsqueeze(1)).abs()).reshape(y.shape)
+    torch.testing.assert_close(boundary_weights(y, kernel_size=k), expected)
