@@ -12,7 +12,7 @@ if TYPE_CHECKING:
     from s3od.export.ort_predictor import OnnxBackgroundRemoval
     from s3od.predictor import BackgroundRemoval
 
-__version__ = "0.2.0"
+from s3od._version import __version__
 
 
 def load_model(model_id=None):

@@ -145,7 +145,7 @@ class PretrainedModel(ModelHubMixin, library_name="s3od", pipeline_tag="image-se
     @property
     def config(self) -> dict[str, Any]:
         """``config.json``: enough to rebuild the module and run it at its own size."""
-        from s3od import __version__
+        from s3od._version import __version__
 
         return {"architecture": self.resolved.architecture, "config": self.resolved.config,
                 "image_size": int(self.resolved.image_size), "library_name": "s3od",

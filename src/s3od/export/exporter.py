@@ -267,6 +267,6 @@ def export_onnx(
 
 
 def _version() -> str:
-    from s3od import __version__
+    from s3od._version import __version__
 
     return __version__

@@ -449,6 +449,6 @@ def _peer(request: Request) -> str:
 
 
 def _version() -> str:
-    from s3od import __version__
+    from s3od._version import __version__
 
     return __version__
