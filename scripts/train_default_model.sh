@@ -94,9 +94,11 @@ STAGES=${STAGES:-a}
 # 5. Stage a: EfficientNet-Lite2 from its ImageNet weights, decoder and heads from scratch, at
 #    320 px (v6 network: full-resolution refined masks, candidates by role, boundary-weighted
 #    loss; model=lite_v6 loss=boundary_roles).
+#    A later session continues it from the committed interim weights with a fresh optimizer:
+#    START_A=interim/s3od-lite-v6.safetensors EPOCHS_A=... LR_A=... CONST_A=0 (interim/README.md).
 if [[ " $STAGES " == *" a "* ]]; then
-  stage lite_v6_a "" backend.max_epochs="${EPOCHS_A:-14}" scheduler.constant_epochs=2 \
-    optimizer.lr=2e-4 dataset.image_size=320
+  stage lite_v6_a "${START_A:-}" backend.max_epochs="${EPOCHS_A:-14}" \
+    scheduler.constant_epochs="${CONST_A:-2}" optimizer.lr="${LR_A:-2e-4}" dataset.image_size=320
 fi
 
 # 6. Stage b: the same at 384 px, the size v6 runs at, from stage a's weights (or, in a later
@@ -110,6 +112,10 @@ fi
 # 7. Export the last checkpoint as fp16 weights (OUT=... to write elsewhere first); the file
 #    records the stage's input size (384), the size it runs at when loaded by path.
 LAST=${LAST:-lite_v6_b}
-python -m synth_sod.model_training.export "$WORK/checkpoints/$LAST/last.ckpt" \
-  "$OUT" --dtype fp16 --name s3od-lite
-sha256sum "$OUT"
+if [ -f "$WORK/checkpoints/$LAST/last.ckpt" ]; then
+  python -m synth_sod.model_training.export "$WORK/checkpoints/$LAST/last.ckpt" \
+    "$OUT" --dtype fp16 --name s3od-lite
+  sha256sum "$OUT"
+else
+  echo "no $WORK/checkpoints/$LAST/last.ckpt: nothing exported (LAST=stage name to export)"
+fi
