@@ -28,9 +28,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from PIL import Image
 
-from s3od.errors import CheckpointError, ModelNotFoundError
+from s3od.errors import CheckpointError
 from s3od.remover import Remover
-from s3od.threads import ort_session_options
 
 if TYPE_CHECKING:
     import onnxruntime
@@ -177,30 +176,6 @@ def is_s3od_graph(session: onnxruntime.InferenceSession) -> bool:
 # ----------------------------------------------------------------------------- remover
 
 
-def open_session(model: str | os.PathLike | bytes | bytearray, device: str | None = None,
-                 threads: int | None = None) -> tuple[onnxruntime.InferenceSession, str]:
-    """An ONNX Runtime session for a path or bytes -> ``(session, source)``; typed errors."""
-    from s3od.export.ort_predictor import _onnxruntime, providers_for
-
-    ort = _onnxruntime()
-    payload: str | bytes
-    if isinstance(model, (bytes, bytearray)):
-        source, payload = "in-memory ONNX model", bytes(model)
-    else:
-        path = Path(model).expanduser()
-        if not path.is_file():
-            raise ModelNotFoundError(f"ONNX model not found: {path}")
-        source, payload = str(path), str(path)
-    options = ort_session_options(ort, threads)
-    try:
-        session = ort.InferenceSession(payload, sess_options=options,
-                                       providers=providers_for(device))
-    except Exception as err:  # onnxruntime raises its own unrelated exception types
-        raise CheckpointError(f"cannot load ONNX model {source}: "
-                              f"{str(err).splitlines()[0][:300]}") from err
-    return session, source
-
-
 class ForeignOnnxRemoval(Remover):
     """A single-mask ONNX model (rembg's U²-Net, IS-Net, BiRefNet files) as an s3od remover.
 
@@ -222,6 +197,8 @@ class ForeignOnnxRemoval(Remover):
                  device: str | None = None, threads: int | None = None,
                  source: str | None = None) -> None:
         if isinstance(model, (str, os.PathLike, bytes, bytearray)):
+            from s3od.export.ort_predictor import open_session
+
             self.session, source = open_session(model, device, threads)
         else:
             self.session, source = model, source or "ONNX session"
@@ -277,6 +254,8 @@ def open_onnx(model: str | os.PathLike | bytes, *, preprocess: str | None = None
               image_size: int | None = None, device: str | None = None,
               threads: int | None = None) -> Remover:
     """The remover for any ONNX file: an s3od export, or a foreign single-mask model."""
+    from s3od.export.ort_predictor import open_session
+
     session, source = open_session(model, device, threads)
     if preprocess is None and is_s3od_graph(session):
         from s3od.export.ort_predictor import OnnxBackgroundRemoval

@@ -69,6 +69,34 @@ def sigmoid(x: np.ndarray) -> np.ndarray:
     return (np.float32(0.5) * (np.tanh(np.float32(0.5) * x) + np.float32(1.0))).astype(np.float32)
 
 
+def _source_name(model: str | os.PathLike | bytes | bytearray) -> str:
+    if isinstance(model, (bytes, bytearray)):
+        return "in-memory ONNX model"
+    return str(Path(model).expanduser())
+
+
+def open_session(model: str | os.PathLike | bytes | bytearray, device: str | None = None,
+                 threads: int | None = None) -> tuple[onnxruntime.InferenceSession, str]:
+    """An ONNX Runtime session (thread policy's options, ``device``'s providers) for a path or
+    bytes -> ``(session, source)``; a missing file or an unloadable model is a typed error."""
+    ort = _onnxruntime()
+    source = _source_name(model)
+    payload: str | bytes  # what the session reads: a path or the model's bytes
+    if isinstance(model, (bytes, bytearray)):
+        payload = bytes(model)
+    else:
+        if not Path(source).is_file():
+            raise ModelNotFoundError(f"ONNX model not found: {source}")
+        payload = source
+    try:
+        session = ort.InferenceSession(payload, sess_options=ort_session_options(ort, threads),
+                                       providers=providers_for(device))
+    except Exception as err:  # onnxruntime raises its own unrelated exception types
+        raise CheckpointError(f"cannot load ONNX model {source}: "
+                              f"{str(err).splitlines()[0][:300]}") from err
+    return session, source
+
+
 class OnnxBackgroundRemoval(Remover):
     """Salient-object cut-outs with ONNX Runtime (the removal methods come from
     :class:`s3od.remover.Remover`).
@@ -91,22 +119,12 @@ class OnnxBackgroundRemoval(Remover):
     def __init__(self, model: str | os.PathLike | bytes, image_size: int | None = None,
                  device: str | None = None, threads: int | None = None, *,
                  session: onnxruntime.InferenceSession | None = None) -> None:
-        ort = _onnxruntime()
-        payload: str | bytes  # what the session reads: a path or the model's bytes
-        if isinstance(model, (bytes, bytearray)):
-            source, payload = "in-memory ONNX model", bytes(model)
+        # ``session``: already opened by s3od.foreign.open_onnx to look at the graph
+        if session is None:
+            session, source = open_session(model, device, threads)
         else:
-            path = Path(model).expanduser()
-            if not path.is_file():
-                raise ModelNotFoundError(f"ONNX model not found: {path}")
-            source, payload = str(path), str(path)
-        options = ort_session_options(ort, threads)
-        try:  # ``session``: already opened by s3od.foreign.open_onnx to look at the graph
-            self.session: onnxruntime.InferenceSession = session or ort.InferenceSession(
-                payload, sess_options=options, providers=providers_for(device))
-        except Exception as err:  # onnxruntime raises its own unrelated exception types
-            raise CheckpointError(f"cannot load ONNX model {source}: "
-                                  f"{str(err).splitlines()[0][:300]}") from err
+            source = _source_name(model)
+        self.session: onnxruntime.InferenceSession = session
         inputs = {i.name: i for i in self.session.get_inputs()}
         outputs = {o.name for o in self.session.get_outputs()}
         if INPUT_NAME not in inputs or not set(OUTPUT_NAMES) <= outputs:
