@@ -220,13 +220,20 @@ def short_hash(path: str | Path, limit: int = 64 << 20) -> str | None:
     return hashlib.sha256(path.read_bytes()).hexdigest()[:12]
 
 
-def run_worker(script: Path, payload: dict[str, Any], timeout: float) -> dict[str, Any]:
-    """Run ``script --worker JSON`` in a fresh interpreter; its last stdout line is the result."""
+def run_worker(script: Path, payload: dict[str, Any], timeout: float,
+               env: dict[str, str] | None = None,
+               preexec_fn: Any = None) -> dict[str, Any]:
+    """Run ``script --worker JSON`` in a fresh interpreter; its last stdout line is the result.
+
+    ``env`` replaces the inherited environment; ``preexec_fn`` runs in the child before the
+    interpreter starts (e.g. joining a cgroup)."""
     cmd = [sys.executable, str(script), "--worker", json.dumps(payload)]
     start = time.perf_counter()
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
-                              env={**os.environ, "PYTHONWARNINGS": "ignore"})
+                              env={**(os.environ if env is None else env),
+                                   "PYTHONWARNINGS": "ignore"},
+                              preexec_fn=preexec_fn)
     except subprocess.TimeoutExpired:
         return {"error": f"timed out after {timeout:.0f} s"}
     lines = proc.stdout.strip().splitlines()

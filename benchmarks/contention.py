@@ -51,7 +51,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import REPO, markdown_table, quality_images
+from common import REPO, markdown_table, quality_images, run_worker
 
 DOC = REPO / "docs" / "speed.md"
 DOC_START = "<!-- contention:start -->"
@@ -238,18 +238,8 @@ def run_row(row: Row, timeout: float, quota: Quota | None = None) -> dict[str, A
     """The row's worker in a fresh interpreter with the row's OpenMP environment."""
     env = {k: v for k, v in os.environ.items() if k not in OPENMP_VARS}
     env.update(row.env)
-    env["PYTHONWARNINGS"] = "ignore"
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", json.dumps(row.job)]
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env,
-                              preexec_fn=quota.join if quota else None)
-    except subprocess.TimeoutExpired:
-        return {"error": f"timed out after {timeout:.0f} s"}
-    lines = proc.stdout.strip().splitlines()
-    if proc.returncode != 0 or not lines:
-        tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
-        return {"error": f"exit {proc.returncode}: " + " | ".join(tail)}
-    return json.loads(lines[-1])
+    return run_worker(Path(__file__).resolve(), row.job, timeout, env=env,
+                      preexec_fn=quota.join if quota else None)
 
 
 # ----------------------------------------------------------------------------- server
