@@ -9,6 +9,19 @@ import torch.nn.functional as F
 from torch import nn
 
 
+def candidate_heads(features: int, inter_features: int, num_masks: int) -> nn.ModuleList:
+    """One small conv head per candidate mask (3x3 -> ReLU -> 1x1 to one logit map); the
+    parameter names (``N.0``, ``N.2``) are the published checkpoint's."""
+    return nn.ModuleList(
+        nn.Sequential(
+            nn.Conv2d(features, inter_features, 3, padding=1),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(inter_features, 1, 1),
+        )
+        for _ in range(num_masks)
+    )
+
+
 class MultiMaskHead(nn.Module):
     """Upsamples decoder features x2 and predicts ``num_masks`` logit maps.
 
@@ -34,14 +47,7 @@ class MultiMaskHead(nn.Module):
             nn.Conv2d(upsample_features, upsample_features, 3, padding=1),
             nn.ReLU(inplace=True),
         )
-        self.mask_heads = nn.ModuleList(
-            nn.Sequential(
-                nn.Conv2d(upsample_features, inter_features, 3, padding=1),
-                nn.ReLU(inplace=True),
-                nn.Conv2d(inter_features, 1, 1),
-            )
-            for _ in range(num_masks)
-        )
+        self.mask_heads = candidate_heads(upsample_features, inter_features, num_masks)
 
     def forward(self, x: torch.Tensor, output_size: Sequence[int]) -> torch.Tensor:
         x = self.upsample_2x(self.output_conv1(x))
@@ -174,14 +180,7 @@ class RefinedMaskHead(nn.Module):
         self.reduce = nn.Conv2d(features, up, 3, padding=1)
         self.skip = nn.Conv2d(skip_channels, up, 1)
         self.mix = nn.Conv2d(up, up, 3, padding=1)
-        self.mask_heads = nn.ModuleList(
-            nn.Sequential(
-                nn.Conv2d(up, inter_features, 3, padding=1),
-                nn.ReLU(inplace=True),
-                nn.Conv2d(inter_features, 1, 1),
-            )
-            for _ in range(num_masks)
-        )
+        self.mask_heads = candidate_heads(up, inter_features, num_masks)
         self.image = nn.Conv2d(3, image_features, 3, padding=1)
         last = nn.Conv2d(refine_features, num_masks, 3, padding=1)
         nn.init.zeros_(last.weight)
