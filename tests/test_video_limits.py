@@ -5,11 +5,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pytest
 from typer.testing import CliRunner
 
 from s3od.errors import ImageTooLargeError, InvalidVideoError, VideoTooLargeError
+from tests.hostile_corpus import video_bytes
 from tests.luma_model import luma_remover
 
 av = pytest.importorskip("av", reason="the edges extra (PyAV) is not installed")
@@ -17,19 +17,9 @@ av = pytest.importorskip("av", reason="the edges extra (PyAV) is not installed")
 HUGE = 8192
 
 
-def write_video(path: Path, width: int, height: int, frames: int = 1, codec: str = "mjpeg",
-                pix_fmt: str = "yuvj420p") -> Path:
-    """A flat grey clip; MJPEG encodes an 8192x8192 frame in about a second into ~1 MB."""
-    with av.open(str(path), "w") as out:
-        stream = out.add_stream(codec, rate=4)
-        stream.width, stream.height, stream.pix_fmt = width, height, pix_fmt
-        for i in range(frames):
-            frame = av.VideoFrame.from_ndarray(
-                np.full((height, width, 3), 60 + 40 * i, np.uint8), format="rgb24"
-            ).reformat(format=pix_fmt)
-            frame.pts = i
-            out.mux(stream.encode(frame))
-        out.mux(stream.encode(None))
+def write_video(path: Path, width: int, height: int, frames: int = 1) -> Path:
+    """A flat grey MJPEG clip (an 8192x8192 frame encodes in about a second into ~1 MB)."""
+    path.write_bytes(video_bytes(width, height, frames=frames))
     return path
 
 
