@@ -43,7 +43,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import hashlib
 import json
 import os
 import platform
@@ -453,14 +452,6 @@ def load_text() -> str:
     return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def rel(path: Path | str) -> str:
     """``path`` as the docs may print it: relative to the repository (or to ``shared``'s
     parent), ``~/...`` under the home folder, else relative to the repository; never an
@@ -839,6 +830,8 @@ class LoadedModel:
 def _load_models(specs: list[str], sizes: list[int | None]) -> tuple[list[LoadedModel],
                                                                       list[str]]:
     """Every model x size, and one provenance line per model."""
+    from peers import file_sha256
+
     from s3od import BackgroundRemoval
 
     models, notes = [], []
@@ -850,7 +843,7 @@ def _load_models(specs: list[str], sizes: list[int | None]) -> tuple[list[Loaded
             raise SystemExit(f"--model {spec}: no such file")
         path = BUNDLED if spec == "bundled" else Path(spec)
         # Hash before loading: the file may be replaced while a long run goes on.
-        digest = sha256(path) if path.is_file() else None
+        digest = file_sha256(path) if path.is_file() else None
         model_id = "s3od-lite" if spec == "bundled" else spec
         remover = None
         for size in sizes:
