@@ -131,8 +131,7 @@ def ensemble_labels(label_dirs: Sequence[str | os.PathLike], output_dir: str | o
                                              masks[0].shape if masks else None))
             mean, agreement = combine_masks(masks, weights)
             image = _find_image(dirs[0] / source / "images", stem)
-            meta_first = read_json(dirs[0] / source / "metadata" / f"{stem}.json",
-                                   "teacher metadata")
+            meta_first = _teacher_meta(dirs[0] / source / "metadata" / f"{stem}.json", True)
         except (InvalidImageError, PipelineError, ValueError) as err:
             log.warning("skipping %s: %s", sample_id, err)
             manifest.fail(sample_id, err)
@@ -140,17 +139,11 @@ def ensemble_labels(label_dirs: Sequence[str | os.PathLike], output_dir: str | o
         folder = out / source
         atomic_save(folder / "images" / image.name,
                     lambda tmp, src=image: shutil.copyfile(src, tmp))
-        teachers = []
-        for d in dirs:
-            try:
-                meta = read_json(d / source / "metadata" / f"{stem}.json", "teacher metadata")
-                teachers.append(meta.get("teacher") if isinstance(meta, dict) else None)
-            except PipelineError:
-                teachers.append(None)
+        metas = [meta_first] + [_teacher_meta(d / source / "metadata" / f"{stem}.json")
+                                for d in dirs[1:]]
         meta_out = {"id": sample_id, "category": source, "caption": "",
-                    "source_file": (meta_first.get("source_file")
-                                    if isinstance(meta_first, dict) else None),
-                    "teacher": "ensemble", "teachers": teachers,
+                    "source_file": meta_first.get("source_file"),
+                    "teacher": "ensemble", "teachers": [m.get("teacher") for m in metas],
                     "label_dirs": [d.name for d in dirs],
                     "weights": list(weights) if weights is not None else None,
                     "agreement": round(agreement, 4),
@@ -164,6 +157,18 @@ def ensemble_labels(label_dirs: Sequence[str | os.PathLike], output_dir: str | o
     log.info("ensemble %s: %d combined, %d already done, %d failed", shard.tag, manifest.done,
              manifest.skipped, len(manifest.failed))
     return manifest
+
+
+def _teacher_meta(path: Path, required: bool = False) -> dict:
+    """A teacher's per-photo metadata; ``{}`` when it is not an object, or (unless
+    ``required``) when it is missing or unreadable."""
+    try:
+        meta = read_json(path, "teacher metadata")
+    except PipelineError:
+        if required:
+            raise
+        return {}
+    return meta if isinstance(meta, dict) else {}
 
 
 def _find_image(folder: Path, stem: str) -> Path:
